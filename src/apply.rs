@@ -1,0 +1,316 @@
+//! Applying a plan: finding the node's iptables tools, and running one `iptables-restore` per
+//! address family inside the pod netns.
+//!
+//! Each restore is one kernel transaction (legacy: the table is swapped whole; nf_tables: one
+//! batch), so a family is either fully programmed or untouched. Across families, a failure rolls
+//! back the family that did succeed, so ADD never leaves half a pod's rules behind.
+//!
+//! Legacy iptables serialises writers with a lock file, by default the host-wide
+//! `/run/xtables.lock`, although tables are per netns. Every tool we run gets
+//! `XTABLES_LOCKFILE=/proc/self/ns/net`: the flock then lands on the pod netns' own nsfs inode,
+//! which serialises exactly the writers of that netns and no others.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::config::BackendChoice;
+use crate::netns::{Netns, NetnsError};
+use crate::plan::{render_create, Family, FamilyPlan, Plan};
+use crate::saved::{self, Drift, Owned};
+
+/// Seconds a legacy tool waits for the (per-netns) lock before giving up.
+const LOCK_WAIT_SECS: &str = "--wait=10";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Nft,
+    Legacy,
+    /// Plain `iptables-restore`, whichever the distribution made it.
+    Unsuffixed,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+            Backend::Unsuffixed => "unsuffixed",
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Backend::Nft => "-nft",
+            Backend::Legacy => "-legacy",
+            Backend::Unsuffixed => "",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("iptables tooling not found: {0}")]
+    ToolsMissing(String),
+    #[error("{family} rules could not be applied ({tool} failed: {stderr})")]
+    Restore {
+        family: &'static str,
+        tool: String,
+        stderr: String,
+    },
+    #[error("reading {family} rules ({tool} failed: {stderr})")]
+    Save {
+        family: &'static str,
+        tool: String,
+        stderr: String,
+    },
+    #[error("running {tool}: {source}")]
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+/// The restore and save tools of one family.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub restore: PathBuf,
+    pub save: PathBuf,
+}
+
+/// The node's iptables, resolved once per call.
+#[derive(Debug, Clone)]
+pub struct Iptables {
+    pub backend: Backend,
+    v4: Tools,
+    v6: Tools,
+}
+
+/// Where the runtime's PATH may not reach: containerd often runs with a PATH lacking sbin.
+const EXTRA_DIRS: [&str; 5] = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
+
+fn find(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(EXTRA_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| {
+            p.metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+fn tools_for(backend: Backend) -> Option<(Tools, Tools)> {
+    let s = backend.suffix();
+    let get = |cmd: &str| find(&format!("{cmd}{s}-restore")).zip(find(&format!("{cmd}{s}-save")));
+    let (r4, s4) = get("iptables")?;
+    let (r6, s6) = get("ip6tables")?;
+    Some((
+        Tools {
+            restore: r4,
+            save: s4,
+        },
+        Tools {
+            restore: r6,
+            save: s6,
+        },
+    ))
+}
+
+/// Whether the host netns already has legacy x_tables in use (kube-proxy or Docker in legacy
+/// mode). Reading two proc files costs microseconds, unlike running `iptables-save` twice.
+fn host_uses_legacy() -> bool {
+    ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"]
+        .iter()
+        .any(|p| std::fs::read(p).is_ok_and(|b| !b.is_empty()))
+}
+
+impl Iptables {
+    /// Finds the tools for `choice`. With `auto`, the pod follows the host: legacy if the host
+    /// has legacy tables, else nf_tables, else whatever the unsuffixed tools are.
+    pub fn resolve(choice: BackendChoice) -> Result<Iptables, ApplyError> {
+        let order: &[Backend] = match choice {
+            BackendChoice::Nft => &[Backend::Nft],
+            BackendChoice::Legacy => &[Backend::Legacy],
+            BackendChoice::Auto if host_uses_legacy() => {
+                &[Backend::Legacy, Backend::Nft, Backend::Unsuffixed]
+            }
+            BackendChoice::Auto => &[Backend::Nft, Backend::Legacy, Backend::Unsuffixed],
+        };
+        for &backend in order {
+            if let Some((v4, v6)) = tools_for(backend) {
+                return Ok(Iptables { backend, v4, v6 });
+            }
+        }
+        let names: Vec<String> = order
+            .iter()
+            .map(|b| format!("ip(6)tables{}-restore/-save", b.suffix()))
+            .collect();
+        Err(ApplyError::ToolsMissing(format!(
+            "none of {} in PATH or {}",
+            names.join(", "),
+            EXTRA_DIRS.join(":")
+        )))
+    }
+
+    pub fn tools(&self, family: Family) -> &Tools {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
+    /// Runs `iptables-restore --noflush` with `input`. Call from inside the pod netns.
+    pub fn restore(&self, family: Family, input: &str) -> Result<(), ApplyError> {
+        let tool = &self.tools(family).restore;
+        let out = run(tool, &["--noflush", LOCK_WAIT_SECS], Some(input))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(ApplyError::Restore {
+            family: family.name(),
+            tool: tool.display().to_string(),
+            stderr: stderr_text(&out.stderr),
+        })
+    }
+
+    /// Reads shunt's part of the family's rules. Call from inside the pod netns.
+    pub fn owned(&self, family: Family) -> Result<Owned, ApplyError> {
+        let tool = &self.tools(family).save;
+        let out = run(tool, &[], None)?;
+        if !out.status.success() {
+            return Err(ApplyError::Save {
+                family: family.name(),
+                tool: tool.display().to_string(),
+                stderr: stderr_text(&out.stderr),
+            });
+        }
+        Ok(saved::parse(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Removes whatever shunt owns in the family. Call from inside the pod netns.
+    pub fn remove(&self, family: Family) -> Result<bool, ApplyError> {
+        match saved::render_removal(&self.owned(family)?) {
+            None => Ok(false),
+            Some(text) => self.restore(family, &text).map(|()| true),
+        }
+    }
+
+    /// Programs one family. The create-only restore fails when shunt's chains exist (ADD
+    /// repeated, or a leftover); then the old rules are removed and the plan applied again, so
+    /// the netns ends with exactly one copy. The common case costs a single restore.
+    fn install_family(&self, fp: &FamilyPlan) -> Result<(), ApplyError> {
+        let text = render_create(fp);
+        match self.restore(fp.family, &text) {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                log::debug!(
+                    "first {} restore failed ({first}); replacing existing rules",
+                    fp.family.name()
+                );
+                if !self.remove(fp.family)? {
+                    // Nothing of ours was there: the failure was real.
+                    return Err(first);
+                }
+                self.restore(fp.family, &text)
+            }
+        }
+    }
+}
+
+fn stderr_text(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let s = s.trim();
+    if s.is_empty() {
+        "no message".into()
+    } else {
+        s.lines().collect::<Vec<_>>().join("; ")
+    }
+}
+
+fn run(
+    tool: &Path,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<std::process::Output, ApplyError> {
+    let spawn_err = |source| ApplyError::Spawn {
+        tool: tool.display().to_string(),
+        source,
+    };
+    let mut child = Command::new(tool)
+        .args(args)
+        .env("XTABLES_LOCKFILE", "/proc/self/ns/net")
+        .env("LC_ALL", "C")
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        // A broken pipe means the tool exited early; its status and stderr say why.
+        let _ = stdin.write_all(text.as_bytes());
+    }
+    child.wait_with_output().map_err(spawn_err)
+}
+
+/// Installs the plan in the netns, all families at once. On any failure the families that were
+/// programmed are removed again before the error is returned.
+pub fn install(netns: &Netns, ipt: &Iptables, plan: &Plan) -> Result<(), ApplyError> {
+    let families: Vec<&FamilyPlan> = plan.families.iter().collect();
+    let results = netns.run_each(families.clone(), |fp| ipt.install_family(fp));
+    let mut first_err = None;
+    let mut done = Vec::new();
+    for (fp, r) in families.iter().zip(results) {
+        match r.map_err(ApplyError::from).and_then(|r| r) {
+            Ok(()) => done.push(fp.family),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let Some(err) = first_err else {
+        return Ok(());
+    };
+    if !done.is_empty() {
+        for r in netns.run_each(done, |f| ipt.remove(f)) {
+            if let Err(e) = r.map_err(ApplyError::from).and_then(|r| r.map(|_| ())) {
+                log::error!("rolling back after a failed ADD: {e}");
+            }
+        }
+    }
+    Err(err)
+}
+
+/// Removes shunt's rules from every family. Returns how many families had any.
+pub fn remove_all(netns: &Netns, ipt: &Iptables) -> Result<usize, ApplyError> {
+    let mut removed = 0;
+    for r in netns.run_each(vec![Family::V4, Family::V6], |f| ipt.remove(f)) {
+        removed += usize::from(r??);
+    }
+    Ok(removed)
+}
+
+/// Compares every planned family with the netns.
+pub fn check(
+    netns: &Netns,
+    ipt: &Iptables,
+    plan: &Plan,
+) -> Result<Vec<(Family, Drift)>, ApplyError> {
+    let families: Vec<&FamilyPlan> = plan.families.iter().collect();
+    let mut drift = Vec::new();
+    for (fp, r) in families
+        .iter()
+        .zip(netns.run_each(families.clone(), |fp| ipt.owned(fp.family)))
+    {
+        drift.extend(saved::diff(fp, &r??).into_iter().map(|d| (fp.family, d)));
+    }
+    Ok(drift)
+}

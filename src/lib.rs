@@ -1,0 +1,21 @@
+//! shunt: a CNI chained plugin that redirects a pod's TCP traffic to its sidecar proxy, with the
+//! rules written into the pod's network namespace by the runtime's CNI call, so that no container
+//! of the pod needs NET_ADMIN.
+//!
+//! The plugin path, in order: [`cni`] (what the runtime sent) → [`config`] and [`settings`] (what
+//! the node and the pod asked for) → [`addrs`] (the pod's addresses) → [`plan`] (the rules, pure)
+//! → [`apply`] (one `iptables-restore` per family inside the pod netns, via [`netns`]).
+//! [`saved`] reads back what is installed; [`error`] maps every failure to a CNI error code;
+//! [`plugin`] ties the verbs together.
+
+pub mod addrs;
+pub mod apply;
+pub mod cni;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod netns;
+pub mod plan;
+pub mod plugin;
+pub mod saved;
+pub mod settings;
