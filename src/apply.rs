@@ -157,6 +157,37 @@ impl Iptables {
         )))
     }
 
+    /// Every backend whose tools are installed. DEL looks in all of them: the backend that
+    /// wrote a pod's rules may not be the one `auto` would pick today.
+    pub fn present() -> Vec<Iptables> {
+        let mut all: Vec<Iptables> = [Backend::Nft, Backend::Legacy]
+            .into_iter()
+            .filter_map(|backend| tools_for(backend).map(|(v4, v6)| Iptables { backend, v4, v6 }))
+            .collect();
+        if all.is_empty() {
+            all.extend(tools_for(Backend::Unsuffixed).map(|(v4, v6)| Iptables {
+                backend: Backend::Unsuffixed,
+                v4,
+                v6,
+            }));
+        }
+        all
+    }
+
+    /// Whether this backend can hold rules in the calling thread's netns. A legacy table shows
+    /// up in `ip(6)_tables_names` once it exists, which spares a save where there is none;
+    /// nf_tables gives no such cheap sign.
+    fn may_hold_rules(&self, family: Family) -> bool {
+        if self.backend != Backend::Legacy {
+            return true;
+        }
+        let names = match family {
+            Family::V4 => "/proc/thread-self/net/ip_tables_names",
+            Family::V6 => "/proc/thread-self/net/ip6_tables_names",
+        };
+        std::fs::read(names).map_or(true, |b| !b.is_empty())
+    }
+
     pub fn tools(&self, family: Family) -> &Tools {
         match family {
             Family::V4 => &self.v4,
@@ -289,11 +320,19 @@ pub fn install(netns: &Netns, ipt: &Iptables, plan: &Plan) -> Result<(), ApplyEr
     Err(err)
 }
 
-/// Removes shunt's rules from every family. Returns how many families had any.
-pub fn remove_all(netns: &Netns, ipt: &Iptables) -> Result<usize, ApplyError> {
+/// Removes shunt's rules from every family, in every backend given. Returns how many
+/// family/backend pairs had any.
+pub fn remove_all(netns: &Netns, backends: &[Iptables]) -> Result<usize, ApplyError> {
+    let results = netns.run_each(vec![Family::V4, Family::V6], |family| {
+        let mut removed = 0;
+        for ipt in backends.iter().filter(|i| i.may_hold_rules(family)) {
+            removed += usize::from(ipt.remove(family)?);
+        }
+        Ok::<_, ApplyError>(removed)
+    });
     let mut removed = 0;
-    for r in netns.run_each(vec![Family::V4, Family::V6], |f| ipt.remove(f)) {
-        removed += usize::from(r??);
+    for r in results {
+        removed += r??;
     }
     Ok(removed)
 }

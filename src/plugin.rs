@@ -91,9 +91,9 @@ fn dispatch(
     let _ = VERSION.set(conf.cni_version);
     let cfg = match PluginConfig::from_conf(&conf.raw) {
         Ok(cfg) => cfg,
-        // Teardown must not hinge on a config that ADD would have refused.
+        // Teardown must not hinge on a config that ADD would have refused; DEL reads none of it.
         Err(e) if env.command == Command::Del => {
-            log::warn!("DEL with an invalid shunt config ({e}); removing rules with defaults");
+            log::warn!("DEL with an invalid shunt config ({e}); removing rules anyway");
             PluginConfig::default()
         }
         Err(e) => return Err(e.into()),
@@ -101,7 +101,7 @@ fn dispatch(
     log::set_max_level(cfg.log_level);
     match env.command {
         Command::Add => add(&env, &conf, &cfg, started),
-        Command::Del => del(&env, &cfg).map(|()| String::new()),
+        Command::Del => del(&env).map(|()| String::new()),
         Command::Check => check(&env, &conf, &cfg).map(|()| String::new()),
         Command::Status => Iptables::resolve(cfg.iptables_backend)
             .map(|_| String::new())
@@ -182,7 +182,7 @@ fn add(env: &Env, conf: &NetConf, cfg: &PluginConfig, started: Instant) -> Resul
 
 /// DEL always succeeds unless the request itself is malformed: the netns dies right after, with
 /// any rule left in it, and a failing DEL would only keep the pod from being torn down.
-fn del(env: &Env, cfg: &PluginConfig) -> Result<(), Error> {
+fn del(env: &Env) -> Result<(), Error> {
     let Some(path) = env.netns.as_deref() else {
         return Ok(());
     };
@@ -198,15 +198,21 @@ fn del(env: &Env, cfg: &PluginConfig) -> Result<(), Error> {
             return Ok(());
         }
     };
-    let removed =
-        Iptables::resolve(cfg.iptables_backend).and_then(|ipt| apply::remove_all(&netns, &ipt));
-    match removed {
+    let backends = Iptables::present();
+    if backends.is_empty() {
+        log::warn!(
+            "DEL pod {} container={}: no iptables tools on this node; nothing removed",
+            env.pod,
+            env.container_id
+        );
+        return Ok(());
+    }
+    match apply::remove_all(&netns, &backends) {
         Ok(0) => {}
         Ok(n) => log::info!(
-            "DEL pod {} container={}: removed shunt's rules ({n} address famil{})",
+            "DEL pod {} container={}: removed shunt's rules ({n} rule sets)",
             env.pod,
-            env.container_id,
-            if n == 1 { "y" } else { "ies" }
+            env.container_id
         ),
         Err(e) => log::error!(
             "DEL pod {} container={}: could not remove shunt's rules: {e}",
