@@ -41,6 +41,16 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: impl Read) -> Reply 
         bytes = b;
         dispatch(&get_env, &bytes, started)
     });
+    if log::log_enabled!(log::Level::Debug) {
+        let rss_kib = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+            .map(|u| u.max_rss())
+            .unwrap_or(0);
+        log::debug!(
+            "{} finished in {:.2} ms, peak RSS {rss_kib} KiB",
+            get_env("CNI_COMMAND").unwrap_or_default(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     match result {
         Ok(stdout) => Reply {
             stdout,
