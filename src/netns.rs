@@ -1,11 +1,13 @@
-//! Entering the pod's network namespace: validating the path, and running work on threads that
-//! join the namespace and then end.
+//! Entering the pod's network namespace: validating the path, and running work inside it
+//! without ever leaving a thread of ours there.
 //!
-//! Only short-lived threads ever `setns`; the main thread stays in the host namespace for its
-//! whole life. A thread that has entered is never reused, so no error path can leave work of
-//! ours running in the wrong namespace. Child processes spawned from such a thread (the
-//! iptables tools) inherit its namespace, and nothing else: mounts, PID and user namespaces stay
-//! the host's, so the host's tools and files are the ones used.
+//! Work runs either on the calling thread, under a guard that brings the thread back to the
+//! namespace it came from (and aborts the process if it cannot: carrying on in the pod's
+//! namespace would be worse than failing the pod), or on a fresh thread that enters and then
+//! ends. The calling thread is preferred because it is cheaper: on small VMs a new thread is
+//! often placed on an idle vCPU, and waking it costs about a millisecond, a third of an ADD.
+//! Child processes spawned inside (the iptables tools) inherit the namespace, and nothing else:
+//! mounts, PID and user namespaces stay the host's, so the host's tools and files are used.
 
 use std::fs::File;
 use std::io;
@@ -64,7 +66,8 @@ impl Netns {
         &self.path
     }
 
-    /// Joins this namespace. Only for threads that end once their work is done.
+    /// Joins this namespace. Only for threads that end once their work is done, or under
+    /// [`Inside`].
     fn enter(&self) -> Result<(), NetnsError> {
         setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
             // EINVAL: the file is a namespace, but not a network one.
@@ -79,21 +82,26 @@ impl Netns {
         })
     }
 
-    /// Runs `work` on a thread inside this namespace; the thread ends before this returns.
-    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    self.enter()?;
-                    Ok(work())
-                })
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+    /// Moves the calling thread into this namespace until the guard is dropped.
+    fn enter_here(&self) -> Result<Inside, NetnsError> {
+        let home = File::open("/proc/thread-self/ns/net").map_err(|source| NetnsError::Open {
+            path: "/proc/thread-self/ns/net".into(),
+            source,
+        })?;
+        self.enter()?;
+        Ok(Inside { home })
     }
 
-    /// Runs `work(item)` for every item, each on its own thread inside this namespace, all at
-    /// once, and returns their results in order. The threads end before this returns.
+    /// Runs `work` inside this namespace on the calling thread, which is back in its own
+    /// namespace when this returns (or unwinds).
+    pub fn run<T>(&self, work: impl FnOnce() -> T) -> Result<T, NetnsError> {
+        let _inside = self.enter_here()?;
+        Ok(work())
+    }
+
+    /// Runs `work(item)` for every item inside this namespace, all at once: the first on the
+    /// calling thread, each other on a thread of its own that ends when done. Results come back
+    /// in order.
     pub fn run_each<I, T, F>(&self, items: Vec<I>, work: F) -> Vec<Result<T, NetnsError>>
     where
         I: Send,
@@ -101,9 +109,10 @@ impl Netns {
         F: Fn(I) -> T + Sync,
     {
         let work = &work;
+        let mut items = items.into_iter();
+        let first = items.next();
         std::thread::scope(|scope| {
-            let handles: Vec<_> = items
-                .into_iter()
+            let others: Vec<_> = items
                 .map(|item| {
                     scope.spawn(move || {
                         self.enter()?;
@@ -111,10 +120,28 @@ impl Netns {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
+            let mut out: Vec<Result<T, NetnsError>> =
+                first.map(|i| self.run(|| work(i))).into_iter().collect();
+            out.extend(
+                others
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            );
+            out
         })
+    }
+}
+
+/// The calling thread is inside a pod netns while this lives.
+struct Inside {
+    home: File,
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        if let Err(e) = setns(self.home.as_fd(), CloneFlags::CLONE_NEWNET) {
+            log::error!("cannot return to the host network namespace: {e}; aborting");
+            std::process::abort();
+        }
     }
 }

@@ -297,12 +297,19 @@ pub fn shunt(command: &str, netns: &str, conf: &Value) -> Run {
 /// Runs `f` inside `ns` on a thread whose file-system UID/GID are set, so sockets it creates
 /// belong to that user: the owner match looks at exactly these credentials.
 pub fn as_user<T: Send>(ns: &Netns, uid: u32, gid: u32, f: impl FnOnce() -> T + Send) -> T {
-    ns.run(|| {
-        setfsgid(Gid::from_raw(gid));
-        setfsuid(Uid::from_raw(uid));
-        f()
+    // A thread of its own, so the test thread's credentials stay as they were.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.run(|| {
+                setfsgid(Gid::from_raw(gid));
+                setfsuid(Uid::from_raw(uid));
+                f()
+            })
+            .expect("enter netns")
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
     })
-    .expect("enter netns")
 }
 
 /// A listening socket in a netns, polled without blocking the test forever.
