@@ -210,7 +210,7 @@ fn run_with_sbin(setup: &str, env: &[(String, String)], stdin: &Value) -> Run {
     );
     run_program(
         "unshare",
-        &["-m", "sh", "-c", &script, SHUNT],
+        &["-m", "sh", "-c", &script, &shunt_bin()],
         env,
         stdin.to_string().as_bytes(),
     )
@@ -273,5 +273,36 @@ fn stdout_carries_only_the_reply() {
         out.stderr.contains("captured"),
         "the log line goes to stderr: {}",
         out.stderr
+    );
+}
+
+/// The example conflist in conf/ is what README tells people to use: its shunt entry must work.
+#[test]
+fn the_shipped_conflist_entry_works() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/10-bridge-shunt.conflist");
+    let list: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let entry = list["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["type"] == "shunt")
+        .expect("a shunt entry")
+        .clone();
+    assert_eq!(
+        entry["capabilities"]["io.kubernetes.cri.pod-annotations"],
+        true
+    );
+    let ns = Ns::new("conf");
+    // What the runtime builds from the list: the entry, plus version, name and runtime data.
+    let mut c = entry;
+    c["cniVersion"] = list["cniVersion"].clone();
+    c["name"] = list["name"].clone();
+    c["prevResult"] = prev_result("1.0.0", &ns.path, &[POD_V4]);
+    c["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": captured()});
+    shunt("ADD", &ns.path.to_string_lossy(), &c).ok();
+    let rules = ns.exec(&["iptables-save", "-t", "nat"]);
+    assert!(
+        rules.contains("-A SHUNT_OUTPUT -d 169.254.169.254/32 -j RETURN"),
+        "{rules}"
     );
 }

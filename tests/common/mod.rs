@@ -14,7 +14,16 @@ use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
 use serde_json::{json, Value};
 use shunt::netns::Netns;
 
-pub const SHUNT: &str = env!("CARGO_BIN_EXE_shunt");
+/// The built plugin: cargo names it for tests; the demo (an example) finds it one directory up,
+/// where cargo puts the binaries of the same build.
+pub fn shunt_bin() -> String {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_shunt") {
+        return p.to_owned();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    dir.join("shunt").to_string_lossy().into_owned()
+}
 pub const POD_V4: &str = "192.0.2.10";
 pub const PEER_V4: &str = "192.0.2.20";
 /// A second peer address, for CIDR exclusions.
@@ -287,7 +296,7 @@ pub fn run_program(program: &str, args: &[&str], env: &[(String, String)], stdin
 }
 
 pub fn run_shunt(env: &[(String, String)], stdin: &[u8]) -> Run {
-    run_program(SHUNT, &[], env, stdin)
+    run_program(&shunt_bin(), &[], env, stdin)
 }
 
 pub fn shunt(command: &str, netns: &str, conf: &Value) -> Run {
