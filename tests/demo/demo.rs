@@ -1,7 +1,7 @@
 //! The demo: shunt doing its job in real network namespaces, narrated step by step.
 //! Run as root: `bash tests/demo.sh` (or `cargo run --release --example demo`).
 
-#[path = "common/mod.rs"]
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};
