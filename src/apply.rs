@@ -73,52 +73,80 @@ pub enum ApplyError {
     Netns(#[from] NetnsError),
 }
 
-/// The restore and save tools of one family.
-#[derive(Debug, Clone)]
-pub struct Tools {
-    pub restore: PathBuf,
-    pub save: PathBuf,
-}
-
-/// The node's iptables, resolved once per call.
+/// The node's iptables: a backend and the directory holding its tools.
 #[derive(Debug, Clone)]
 pub struct Iptables {
     pub backend: Backend,
-    v4: Tools,
-    v6: Tools,
+    dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Tool {
+    Restore,
+    Save,
 }
 
 /// Where the runtime's PATH may not reach: containerd often runs with a PATH lacking sbin.
 const EXTRA_DIRS: [&str; 5] = ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"];
 
-fn find(name: &str) -> Option<PathBuf> {
+fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The directory holding `name`, from PATH and then [`EXTRA_DIRS`].
+fn find_dir(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(EXTRA_DIRS.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|d| is_executable(&d.join(name)))
 }
 
-fn tools_for(backend: Backend) -> Option<(Tools, Tools)> {
-    let s = backend.suffix();
-    let get = |cmd: &str| find(&format!("{cmd}{s}-restore")).zip(find(&format!("{cmd}{s}-save")));
-    let (r4, s4) = get("iptables")?;
-    let (r6, s6) = get("ip6tables")?;
-    Some((
-        Tools {
-            restore: r4,
-            save: s4,
-        },
-        Tools {
-            restore: r6,
-            save: s6,
-        },
-    ))
+fn tool_name(backend: Backend, family: Family, tool: Tool) -> String {
+    let cmd = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    let verb = match tool {
+        Tool::Restore => "restore",
+        Tool::Save => "save",
+    };
+    format!("{cmd}{}-{verb}", backend.suffix())
+}
+
+impl Iptables {
+    /// The backend's tools are installed side by side (links to one multi-call binary), so
+    /// finding one locates all four: one search per call instead of four.
+    fn locate(backend: Backend) -> Option<Iptables> {
+        find_dir(&tool_name(backend, Family::V4, Tool::Restore))
+            .map(|dir| Iptables { backend, dir })
+    }
+
+    fn path(&self, family: Family, tool: Tool) -> PathBuf {
+        self.dir.join(tool_name(self.backend, family, tool))
+    }
+
+    /// Path of the family's `iptables-restore`.
+    pub fn restore_path(&self, family: Family) -> PathBuf {
+        self.path(family, Tool::Restore)
+    }
+
+    /// Checks that all four tools are there (STATUS; ADD finds out by running them).
+    pub fn verify(&self) -> Result<(), ApplyError> {
+        let missing: Vec<String> = [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|f| [self.path(f, Tool::Restore), self.path(f, Tool::Save)])
+            .filter(|p| !is_executable(p))
+            .map(|p| p.display().to_string())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::ToolsMissing(missing.join(", ")))
+        }
+    }
 }
 
 /// Whether the host netns already has legacy x_tables in use (kube-proxy or Docker in legacy
@@ -141,10 +169,8 @@ impl Iptables {
             }
             BackendChoice::Auto => &[Backend::Nft, Backend::Legacy, Backend::Unsuffixed],
         };
-        for &backend in order {
-            if let Some((v4, v6)) = tools_for(backend) {
-                return Ok(Iptables { backend, v4, v6 });
-            }
+        if let Some(found) = order.iter().find_map(|&b| Iptables::locate(b)) {
+            return Ok(found);
         }
         let names: Vec<String> = order
             .iter()
@@ -162,14 +188,10 @@ impl Iptables {
     pub fn present() -> Vec<Iptables> {
         let mut all: Vec<Iptables> = [Backend::Nft, Backend::Legacy]
             .into_iter()
-            .filter_map(|backend| tools_for(backend).map(|(v4, v6)| Iptables { backend, v4, v6 }))
+            .filter_map(Iptables::locate)
             .collect();
         if all.is_empty() {
-            all.extend(tools_for(Backend::Unsuffixed).map(|(v4, v6)| Iptables {
-                backend: Backend::Unsuffixed,
-                v4,
-                v6,
-            }));
+            all.extend(Iptables::locate(Backend::Unsuffixed));
         }
         all
     }
@@ -188,16 +210,9 @@ impl Iptables {
         std::fs::read(names).map_or(true, |b| !b.is_empty())
     }
 
-    pub fn tools(&self, family: Family) -> &Tools {
-        match family {
-            Family::V4 => &self.v4,
-            Family::V6 => &self.v6,
-        }
-    }
-
     /// Runs `iptables-restore --noflush` with `input`. Call from inside the pod netns.
     pub fn restore(&self, family: Family, input: &str) -> Result<(), ApplyError> {
-        let tool = &self.tools(family).restore;
+        let tool = &self.path(family, Tool::Restore);
         let out = run(tool, &["--noflush", LOCK_WAIT_SECS], Some(input))?;
         if out.status.success() {
             return Ok(());
@@ -211,7 +226,7 @@ impl Iptables {
 
     /// Reads shunt's part of the family's rules. Call from inside the pod netns.
     pub fn owned(&self, family: Family) -> Result<Owned, ApplyError> {
-        let tool = &self.tools(family).save;
+        let tool = &self.path(family, Tool::Save);
         let out = run(tool, &[], None)?;
         if !out.status.success() {
             return Err(ApplyError::Save {
@@ -272,6 +287,7 @@ fn run(
         tool: tool.display().to_string(),
         source,
     };
+    shield_thread_from_nss();
     let mut child = Command::new(tool)
         .args(args)
         .env("XTABLES_LOCKFILE", "/proc/self/ns/net")
@@ -281,7 +297,11 @@ fn run(
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::piped())
+        .stdout(if input.is_some() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stderr(Stdio::piped())
         .spawn()
         .map_err(spawn_err)?;
@@ -290,6 +310,70 @@ fn run(
         let _ = stdin.write_all(text.as_bytes());
     }
     child.wait_with_output().map_err(spawn_err)
+}
+
+/// The name-service configuration the iptables tools see: local files only.
+const NSSWITCH: &str = "/run/shunt/nsswitch.conf";
+const NSSWITCH_TEXT: &str =
+    "# Written by shunt: what its iptables tools see instead of /etc/nsswitch.conf.\n\
+passwd: files\ngroup: files\n";
+
+/// Makes sure [`NSSWITCH`] exists; `None` if it cannot be written.
+fn nsswitch_file() -> Option<&'static str> {
+    use std::sync::OnceLock;
+    static READY: OnceLock<bool> = OnceLock::new();
+    let ready = *READY.get_or_init(|| {
+        if std::fs::read(NSSWITCH).is_ok_and(|b| b == NSSWITCH_TEXT.as_bytes()) {
+            return true;
+        }
+        let tmp = format!("{NSSWITCH}.{}", std::process::id());
+        let written = std::fs::create_dir_all("/run/shunt")
+            .and_then(|()| std::fs::write(&tmp, NSSWITCH_TEXT))
+            .and_then(|()| std::fs::rename(&tmp, NSSWITCH));
+        if let Err(e) = &written {
+            let _ = std::fs::remove_file(&tmp);
+            log::warn!("cannot write {NSSWITCH} ({e}); iptables tools will use the host's NSS");
+        }
+        written.is_ok()
+    });
+    ready.then_some(NSSWITCH)
+}
+
+/// `iptables`' owner match calls `getpwnam()` on the `--uid-owner` value before reading it as a
+/// number, so each restore asks the host's NSS for a user named "1337". With network sources
+/// (LDAP, sssd, GCE OS Login) that lookup, made for a pod that cannot reach anything yet, can
+/// stall for tens of seconds. So the thread that spawns the tools moves, once, into a mount
+/// namespace of its own (a slave of the host's, so nothing propagates back) in which
+/// /etc/nsswitch.conf lists local files only; the tools inherit it. Doing it on the thread
+/// rather than in each child keeps the cheap posix_spawn path. Best effort: where a security
+/// module forbids it, the tools use the host's name services as before.
+fn shield_thread_from_nss() {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    use std::cell::Cell;
+    thread_local!(static DONE: Cell<bool> = const { Cell::new(false) });
+    if DONE.get() {
+        return;
+    }
+    DONE.set(true);
+    let Some(src) = nsswitch_file() else {
+        return;
+    };
+    let none = None::<&str>;
+    let shielded = unshare(CloneFlags::CLONE_NEWNS)
+        .and_then(|()| mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none))
+        .and_then(|()| {
+            mount(
+                Some(src),
+                "/etc/nsswitch.conf",
+                none,
+                MsFlags::MS_BIND,
+                none,
+            )
+        });
+    if let Err(e) = shielded {
+        log::debug!("iptables tools keep the host's name services: {e}");
+    }
 }
 
 /// Installs the plan in the netns, all families at once. On any failure the families that were

@@ -114,7 +114,8 @@ fn dispatch(
         Command::Del => del(&env).map(|()| String::new()),
         Command::Check => check(&env, &conf, &cfg).map(|()| String::new()),
         Command::Status => Iptables::resolve(cfg.iptables_backend)
-            .map(|_| String::new())
+            .and_then(|ipt| ipt.verify())
+            .map(|()| String::new())
             .map_err(Error::NotReady),
         // shunt keeps no state outside pod netns, which die with their pods.
         Command::Gc => Ok(String::new()),

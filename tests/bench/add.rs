@@ -2,10 +2,12 @@
 //!
 //! Three arms, interleaved pod by pod, each in a fresh netns:
 //! - shunt: the release binary run as the runtime runs it (ADD, then CHECK, then DEL);
-//! - floor: one `iptables-restore --noflush` of the identical rules, from a thread already in
-//!   the netns (no plugin process, no parsing, no planning: what ADD cannot go below);
+//! - floor: one plain `iptables-restore --noflush` of the identical rules per family, from a
+//!   thread already in the netns (no plugin process, no parsing, no planning);
 //! - per-rule: the same chains and rules as one `iptables` process each (the `iptables` crate),
-//!   the way per-rule plugins apply them.
+//!   the way per-rule plugins apply them;
+//! - process start: `/bin/true` run exactly as the plugin is run (same environment and pipes),
+//!   the price of being an exec'd CNI plugin at all, which no plugin can avoid.
 //!
 //! Then the peak RSS of one ADD and the size of the stripped binary. SHUNT_BENCH_PODS sets the
 //! number of pods per arm (default 200); SHUNT_BENCH_DUAL=1 gives every pod an IPv6 address too.
@@ -13,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,8 +85,12 @@ fn conf(netns: &str, ips: &[&str], log_level: &str) -> String {
 
 /// Runs the plugin like a runtime does; returns wall time and stderr.
 fn run_shunt(command: &str, netns: &str, stdin: &str) -> (Duration, String) {
+    run_as_plugin(SHUNT, command, netns, stdin)
+}
+
+fn run_as_plugin(program: &str, command: &str, netns: &str, stdin: &str) -> (Duration, String) {
     let started = Instant::now();
-    let mut child = Command::new(SHUNT)
+    let mut child = Command::new(program)
         .env_clear()
         .env(
             "PATH",
@@ -108,7 +115,7 @@ fn run_shunt(command: &str, netns: &str, stdin: &str) -> (Duration, String) {
         .take()
         .expect("stdin")
         .write_all(stdin.as_bytes())
-        .expect("write stdin");
+        .ok();
     let out = child.wait_with_output().expect("wait shunt");
     let took = started.elapsed();
     assert!(
@@ -119,12 +126,32 @@ fn run_shunt(command: &str, netns: &str, stdin: &str) -> (Duration, String) {
     (took, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A plain `iptables-restore` of the same text, as anyone would run it: no lock-file or NSS
+/// arrangements, no plugin process around it.
 fn floor(ns: &Netns, ipt: &Iptables, plan: &Plan) -> Duration {
+    let inputs: Vec<(PathBuf, String)> = plan
+        .families
+        .iter()
+        .map(|fp| (ipt.restore_path(fp.family), render_create(fp)))
+        .collect();
     ns.run(|| {
         let started = Instant::now();
-        for fp in &plan.families {
-            ipt.restore(fp.family, &render_create(fp))
-                .expect("floor restore");
+        for (tool, text) in &inputs {
+            let mut child = Command::new(tool)
+                .args(["--noflush", "--wait=10"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn iptables-restore");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write rules");
+            let out = child.wait_with_output().expect("wait iptables-restore");
+            assert!(out.status.success(), "floor restore failed");
         }
         started.elapsed()
     })
@@ -246,6 +273,7 @@ fn main() {
     let mut check = Arm::new("CHECK (shunt binary)");
     let mut del = Arm::new("DEL (shunt binary)");
     let mut flo = Arm::new("floor: iptables-restore");
+    let mut start = Arm::new("process start: /bin/true as plugin");
     let mut rule = Arm::new(format!(
         "per-rule: {} iptables calls",
         the_plan.rule_count()
@@ -268,7 +296,13 @@ fn main() {
                     check.samples.push(run_shunt("CHECK", &a.path(), &input).0);
                     del.samples.push(run_shunt("DEL", &a.path(), &input).0);
                 }
-                1 => flo.samples.push(floor(&b.handle(), &ipt, &the_plan)),
+                1 => {
+                    flo.samples.push(floor(&b.handle(), &ipt, &the_plan));
+                    let input = conf(&b.path(), &ips, "warn");
+                    start
+                        .samples
+                        .push(run_as_plugin("/bin/true", "ADD", &b.path(), &input).0);
+                }
                 _ => rule.samples.push(per_rule(&c.handle(), &the_plan)),
             }
         }
@@ -283,14 +317,20 @@ fn main() {
         the_plan.rule_count()
     );
     println!("{:<34} {:>8} {:>8}", "", "p50 ms", "p99 ms");
-    for arm in [&mut add, &mut check, &mut del, &mut flo, &mut rule] {
+    for arm in [
+        &mut add, &mut check, &mut del, &mut flo, &mut start, &mut rule,
+    ] {
         let (p50, p99) = (arm.p(0.5), arm.p(0.99));
         println!("{:<34} {p50:>8.2} {p99:>8.2}", arm.name);
     }
-    let (add50, flo50, rule50) = (add.p(0.5), flo.p(0.5), rule.p(0.5));
+    let (add50, flo50, rule50, start50) = (add.p(0.5), flo.p(0.5), rule.p(0.5), start.p(0.5));
     println!(
         "ADD p50 / floor p50:     {:.2}x   (target <= 1.35x)",
         add50 / flo50
+    );
+    println!(
+        "ADD p50 - floor p50 - process start p50: {:.2} ms of shunt's own work",
+        add50 - flo50 - start50
     );
     println!(
         "per-rule p50 / ADD p50:  {:.1}x   (target >= 7x)",
