@@ -3,12 +3,12 @@
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "run as root: the tests create network namespaces" >&2; exit 1; }
 need=()
-for tool in iptables-nft-restore iptables-legacy-restore ip6tables-nft-save ip unshare flock; do
+for tool in iptables-nft-restore iptables-legacy-restore ip6tables-nft-save ip unshare flock gcc; do
   command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages (missing: ${need[*]})"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq iptables iproute2 util-linux >/dev/null
+  apt-get install -y -qq iptables iproute2 util-linux gcc libc6-dev >/dev/null
 fi
