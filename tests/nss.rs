@@ -58,7 +58,13 @@ fn build_module() -> PathBuf {
 }
 
 /// Runs `program args` in a private mount namespace whose /etc/nsswitch.conf uses the module.
-fn with_recording_nss(dir: &Path, program: &str, args: &[&str], env: &[(String, String)], stdin: &[u8]) -> Run {
+fn with_recording_nss(
+    dir: &Path,
+    program: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    stdin: &[u8],
+) -> Run {
     let script = format!(
         "mount --bind {}/nsswitch.conf /etc/nsswitch.conf && exec \"$@\"",
         dir.display()
@@ -89,7 +95,13 @@ fn shunt_keeps_the_owner_match_away_from_host_nss() {
     let plain = with_recording_nss(
         &dir,
         "ip",
-        &["netns", "exec", &ns.name, "iptables-nft-restore", "--noflush"],
+        &[
+            "netns",
+            "exec",
+            &ns.name,
+            "iptables-nft-restore",
+            "--noflush",
+        ],
         &[],
         rules.as_bytes(),
     );
@@ -118,7 +130,11 @@ fn shunt_keeps_the_owner_match_away_from_host_nss() {
         );
         out.ok();
         assert!(ns.exec(&["iptables-save"]).contains("--uid-owner 1337"));
-        assert_eq!(lookups(&dir), "", "shunt's tools asked the host's NSS ({backend})");
+        assert_eq!(
+            lookups(&dir),
+            "",
+            "shunt's tools asked the host's NSS ({backend})"
+        );
         shunt("DEL", &netns, &c).ok();
     }
     std::fs::remove_dir_all(&dir).unwrap();
