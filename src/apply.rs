@@ -8,7 +8,8 @@
 //! Legacy iptables serialises writers with a lock file, by default the host-wide
 //! `/run/xtables.lock`, although tables are per netns. Every tool we run gets
 //! `XTABLES_LOCKFILE=/proc/self/ns/net`: the flock then lands on the pod netns' own nsfs inode,
-//! which serialises exactly the writers of that netns and no others.
+//! which serialises exactly the writers of that netns and no others. The tools also run with a
+//! files-only name-service configuration (see [`shield_thread_from_nss`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -174,7 +175,7 @@ impl Iptables {
         }
         let names: Vec<String> = order
             .iter()
-            .map(|b| format!("ip(6)tables{}-restore/-save", b.suffix()))
+            .map(|b| format!("iptables{}-restore", b.suffix()))
             .collect();
         Err(ApplyError::ToolsMissing(format!(
             "none of {} in PATH or {}",

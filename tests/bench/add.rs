@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -90,8 +90,8 @@ fn run_shunt(command: &str, netns: &str, stdin: &str) -> (Duration, String) {
 
 fn run_as_plugin(program: &str, command: &str, netns: &str, stdin: &str) -> (Duration, String) {
     let started = Instant::now();
-    let mut child = Command::new(program)
-        .env_clear()
+    let mut cmd = Command::new(program);
+    cmd.env_clear()
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -105,18 +105,8 @@ fn run_as_plugin(program: &str, command: &str, netns: &str, stdin: &str) -> (Dur
             "CNI_ARGS",
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod;K8S_POD_UID=1",
         )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn shunt");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .ok();
-    let out = child.wait_with_output().expect("wait shunt");
+        .stdout(Stdio::piped());
+    let out = feed(&mut cmd, stdin);
     let took = started.elapsed();
     assert!(
         out.status.success(),
@@ -124,6 +114,22 @@ fn run_as_plugin(program: &str, command: &str, netns: &str, stdin: &str) -> (Dur
         String::from_utf8_lossy(&out.stdout)
     );
     (took, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `cmd` with `input` on its stdin and its stderr captured.
+fn feed(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // A program that does not read its stdin (/bin/true) may close it first.
+    let _ = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes());
+    child.wait_with_output().expect("wait")
 }
 
 /// A plain `iptables-restore` of the same text, as anyone would run it: no lock-file or NSS
@@ -137,20 +143,9 @@ fn floor(ns: &Netns, ipt: &Iptables, plan: &Plan) -> Duration {
     ns.run(|| {
         let started = Instant::now();
         for (tool, text) in &inputs {
-            let mut child = Command::new(tool)
-                .args(["--noflush", "--wait=10"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn iptables-restore");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write rules");
-            let out = child.wait_with_output().expect("wait iptables-restore");
+            let mut cmd = Command::new(tool);
+            cmd.args(["--noflush", "--wait=10"]).stdout(Stdio::null());
+            let out = feed(&mut cmd, text);
             assert!(out.status.success(), "floor restore failed");
         }
         started.elapsed()
