@@ -62,8 +62,10 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: impl Read) -> Reply 
                 .copied()
                 .unwrap_or_else(|| sniff_version(&bytes));
             let container = get_env("CNI_CONTAINERID").unwrap_or_default();
+            let pod =
+                cni::parse_cni_args(&get_env("CNI_ARGS").unwrap_or_default()).unwrap_or_default();
             log::error!(
-                "{} container={container:?}: {e} (code {})",
+                "{} pod {pod} container={container:?}: {e} (code {})",
                 get_env("CNI_COMMAND").unwrap_or_default(),
                 e.code()
             );
