@@ -62,10 +62,6 @@ impl Netns {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Joins this namespace. Only for threads that end once their work is done, or under
     /// [`Inside`].
     fn enter(&self) -> Result<(), NetnsError> {
