@@ -12,6 +12,7 @@ pub mod addrs;
 pub mod apply;
 pub mod cni;
 pub mod config;
+pub mod cri;
 pub mod error;
 pub mod logging;
 pub mod netns;

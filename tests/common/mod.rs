@@ -14,6 +14,8 @@ use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
 use serde_json::{json, Value};
 use shunt::netns::Netns;
 
+pub mod containerd;
+
 /// The built plugin: cargo names it for tests; the demo (an example) finds it one directory up,
 /// where cargo puts the binaries of the same build.
 pub fn shunt_bin() -> String {

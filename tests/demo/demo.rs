@@ -1,100 +1,157 @@
-//! The demo: shunt doing its job in real network namespaces, narrated step by step.
-//! Run as root: `bash tests/demo.sh` (or `cargo run --release --example demo`).
+//! The demo: a real containerd creates pods through a CNI chain ending in shunt, and a pod whose
+//! containers hold no capability at all gets its traffic redirected to its proxy.
+//! Run as root: `sudo bash tests/demo.sh` (installs what it needs, builds, runs this).
 
 #[path = "../common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
+use std::process::Command;
+use std::time::Instant;
 
-use common::*;
-use serde_json::json;
+use common::containerd::{Chain, Container, Containerd};
+use common::{APP_UID, PROXY_UID};
 
 fn step(text: &str) {
     println!("\n==> {text}");
 }
 
+fn fail(text: &str) -> ! {
+    eprintln!("\nDEMO FAILED: {text}");
+    std::process::exit(1);
+}
+
+fn show(who: &str, container: &Container, needle: &str) -> String {
+    match container.wait_for(needle) {
+        Some(line) => {
+            println!("    {who} printed: {line}");
+            line
+        }
+        None => fail(&format!(
+            "{who} printed no line with {needle:?}; it printed {:?}",
+            container.lines()
+        )),
+    }
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("the demo creates network namespaces: run it as root");
-        std::process::exit(1);
+        fail("the demo starts containerd and creates network namespaces: run it as root");
     }
-    step("A pod netns and a peer netns, joined by a veth pair (192.0.2.10 ↔ 192.0.2.20)");
-    let pair = Pair::new();
-    let pod = pair.pod.handle();
-    let peer = pair.peer.handle();
-    println!("    pod netns:  {}", pair.pod.path.display());
-
-    step("The runtime calls shunt (CNI ADD) after the primary plugin, with the pod's annotations");
-    let conf = conf(
-        "1.0.0",
-        Some(prev_result("1.0.0", &pair.pod.path, &[POD_V4, POD_V6])),
-        Some(json!({
-            "shunt.dev/redirect": "enabled",
-            "shunt.dev/exclude-outbound-ports": "9090"
-        })),
-        json!({}),
-    );
+    step("Starting a private containerd (its own state, socket and CNI config in a temp dir)");
+    let ctd = Containerd::start("demo", Chain::Shunt);
+    let mut cri = ctd.client();
+    let version = cri.version().unwrap_or_else(|e| fail(&e.to_string()));
     println!(
-        "    annotations: {}",
-        conf["runtimeConfig"]["io.kubernetes.cri.pod-annotations"]
+        "    {} {} serving CRI {} on {}",
+        version.runtime_name,
+        version.runtime_version,
+        version.runtime_api_version,
+        ctd.socket.display()
     );
-    let add = shunt("ADD", &pair.pod.path.to_string_lossy(), &conf);
-    if add.code != 0 {
-        eprintln!("ADD failed: {}\n{}", add.stdout, add.stderr);
-        std::process::exit(1);
-    }
-    print!("    shunt logged: {}", add.stderr);
-    println!(
-        "    shunt printed the primary plugin's result back: {} bytes of JSON",
-        add.stdout.len()
-    );
-
-    step("What shunt wrote into the pod netns (iptables-save -t nat)");
-    for line in pair.pod.exec(&["iptables-save", "-t", "nat"]).lines() {
-        if line.contains("SHUNT") {
-            println!("    {line}");
-        }
+    println!("    CNI chain: bridge (+ host-local) -> portmap -> shunt; the shunt entry:");
+    let entry = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/shunt-entry.json"),
+    )
+    .unwrap_or_default();
+    for line in entry.lines() {
+        println!("      {line}");
     }
 
-    step("A sidecar proxy listens on :15001 as UID 1337; a server listens on the peer at :8080");
-    let proxy = Listener::bind(&pod, PROXY_UID, "0.0.0.0:15001", "proxy :15001");
-    let server = Listener::bind(&peer, 0, "0.0.0.0:8080", "server :8080");
-
-    step("The app (UID 1000, no capabilities) connects to 192.0.2.20:8080");
-    let mut app = connect(&pod, APP_UID, APP_UID, sock(PEER_V4, 8080));
-    let Some(mut at_proxy) = proxy.accept() else {
-        eprintln!("FAILED: the app's connection did not reach the proxy");
-        std::process::exit(1);
-    };
-    let orig = original_dst(&at_proxy);
-    println!("    the proxy accepted it; SO_ORIGINAL_DST = {orig}");
-    app.write_all(b"GET / HTTP/1.0\r\n\r\n").ok();
-    let mut buf = [0u8; 64];
-    let n = at_proxy.read(&mut buf).unwrap_or(0);
-    println!(
-        "    the proxy read: {:?}",
-        String::from_utf8_lossy(&buf[..n])
+    step("Pod \"backend\" (no annotations) with a server container on :8080");
+    let backend = ctd
+        .run_pod(&mut cri, "backend", "default", &[])
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    println!("    pod IP {}", backend.ip);
+    let server = ctd.start_container(
+        &mut cri,
+        &backend,
+        "server",
+        1000,
+        &["serve", "8080", "backend"],
     );
-    println!("    the server saw nothing: {}", !server.pending());
+    show("server", &server, "listening");
 
-    step("The proxy (UID 1337) connects to the original destination itself: not captured");
-    let _upstream = connect(&pod, PROXY_UID, PROXY_UID, orig);
-    match server.accept() {
-        Some(_) => println!("    the server accepted the proxy's connection directly"),
-        None => {
-            eprintln!("FAILED: the proxy's own connection did not reach the server");
-            std::process::exit(1);
-        }
+    step("Pod \"web\" with the annotation shunt.dev/redirect: enabled");
+    let started = Instant::now();
+    let web = ctd
+        .run_pod(
+            &mut cri,
+            "web",
+            "default",
+            &[("shunt.dev/redirect", "enabled")],
+        )
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    println!(
+        "    RunPodSandbox returned in {:.0} ms: containerd ran bridge, portmap, then shunt",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    println!("    pod IP {}, netns {}", web.ip, web.netns.display());
+    println!(
+        "    what shunt wrote into the pod's netns (iptables-save -t nat, read from the host):"
+    );
+    let saved = Command::new("nsenter")
+        .arg(format!("--net={}", web.netns.display()))
+        .args(["iptables-save", "-t", "nat"])
+        .output()
+        .unwrap_or_else(|e| fail(&format!("nsenter: {e}")));
+    let rules: Vec<String> = String::from_utf8_lossy(&saved.stdout)
+        .lines()
+        .filter(|l| l.contains("SHUNT"))
+        .map(str::to_owned)
+        .collect();
+    if rules.is_empty() {
+        fail("no SHUNT rules in the web pod's netns");
+    }
+    for rule in &rules {
+        println!("      {rule}");
     }
 
-    step("The runtime tears the pod down (CNI DEL)");
-    let del = shunt("DEL", &pair.pod.path.to_string_lossy(), &conf);
-    print!("    shunt logged: {}", del.stderr);
-    println!(
-        "    SHUNT rules left in the pod netns: {}",
-        pair.pod.shunt_rules().len()
+    step("Its proxy container: UID 1337, every capability dropped, listening on :15001");
+    let proxy = ctd.start_container(
+        &mut cri,
+        &web,
+        "proxy",
+        i64::from(PROXY_UID),
+        &["serve", "15001", "proxy"],
     );
+    show("proxy", &proxy, "listening");
+
+    step(&format!(
+        "Its app container: UID 1000, every capability dropped, connects to backend {}:8080",
+        backend.ip
+    ));
+    let app = ctd.start_container(
+        &mut cri,
+        &web,
+        "app",
+        i64::from(APP_UID),
+        &["connect", &backend.ip, "8080"],
+    );
+    let said = show("app", &app, "reply");
+    let seen = show("proxy", &proxy, "accepted");
+    if !said.contains("hello from proxy") || !seen.contains("redirected here") {
+        fail("the app's connection did not land on the proxy");
+    }
+    let server_saw = server
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("accepted"))
+        .count();
     println!(
-        "\nDone: the app's traffic went through the proxy, and no container needed NET_ADMIN."
+        "    the backend server saw {server_saw} connections: the proxy decides what to forward"
+    );
+
+    step("StopPodSandbox + RemovePodSandbox for both pods (shunt's DEL runs on each)");
+    for (name, pod) in [("web", &web), ("backend", &backend)] {
+        cri.stop_pod_sandbox(&pod.id)
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        cri.remove_pod_sandbox(&pod.id)
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        println!("    {name}: stopped and removed");
+    }
+    drop(ctd);
+    println!(
+        "\nDone: the app's connection went to its proxy, with the original destination intact,\n\
+         and no container of the pod held NET_ADMIN or any other capability."
     );
 }
