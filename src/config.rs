@@ -21,6 +21,8 @@ pub struct PluginConfig {
     pub log_level: LevelFilter,
     pub iptables_backend: BackendChoice,
     pub defaults: Defaults,
+    /// Where `shunt-install` listens for the plugin's log lines (`logSocket`).
+    pub log_socket: Option<std::path::PathBuf>,
 }
 
 impl Default for PluginConfig {
@@ -30,6 +32,7 @@ impl Default for PluginConfig {
             log_level: LevelFilter::Info,
             iptables_backend: BackendChoice::Auto,
             defaults: Defaults::default(),
+            log_socket: None,
         }
     }
 }
@@ -81,6 +84,12 @@ impl PluginConfig {
         if let Some(v) = raw.get("defaults") {
             cfg.defaults = Defaults::parse(v)?;
         }
+        if let Some(v) = raw.get("logSocket") {
+            match v.as_str() {
+                Some(p) if p.starts_with('/') => cfg.log_socket = Some(p.into()),
+                _ => return Err(wrong("logSocket", "an absolute path", v)),
+            }
+        }
         Ok(cfg)
     }
 }
@@ -128,6 +137,7 @@ mod tests {
             json!({"excludeNamespaces": [1]}),
             json!({"logLevel": "loud"}),
             json!({"iptablesBackend": "ebpf"}),
+            json!({"logSocket": "run/shunt/log.sock"}),
             json!({"defaults": {"outbound-port": "http"}}),
         ] {
             let e = cfg(v.clone()).unwrap_err().to_string();

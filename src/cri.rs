@@ -144,6 +144,27 @@ pub struct PodSandboxNetworkStatus {
 /// `PodSandboxState`: SANDBOX_READY = 0, SANDBOX_NOTREADY = 1.
 pub const SANDBOX_READY: i32 = 0;
 
+/// `NamespaceMode` NODE: the sandbox shares the host's namespace (hostNetwork pods).
+pub const NAMESPACE_NODE: i32 = 2;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct NamespaceOption {
+    #[prost(int32, tag = "1")]
+    pub network: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Namespace {
+    #[prost(message, optional, tag = "2")]
+    pub options: Option<NamespaceOption>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LinuxPodSandboxStatus {
+    #[prost(message, optional, tag = "1")]
+    pub namespaces: Option<Namespace>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PodSandboxStatus {
     #[prost(string, tag = "1")]
@@ -154,6 +175,8 @@ pub struct PodSandboxStatus {
     pub state: i32,
     #[prost(message, optional, tag = "5")]
     pub network: Option<PodSandboxNetworkStatus>,
+    #[prost(message, optional, tag = "6")]
+    pub linux: Option<LinuxPodSandboxStatus>,
     #[prost(map = "string, string", tag = "8")]
     pub annotations: HashMap<String, String>,
 }
@@ -340,8 +363,19 @@ impl Client {
 ///
 /// CRI has no field for it; containerd and CRI-O both put the sandbox's OCI runtime spec in the
 /// verbose `info` JSON, whose network namespace entry holds the path. Falls back to the sandbox
-/// process's `/proc/<pid>/ns/net`.
+/// process's `/proc/<pid>/ns/net`. None for host-network sandboxes: they have no netns of their
+/// own.
 pub fn netns_path(status: &PodSandboxStatusResponse) -> Option<PathBuf> {
+    let host_network = status
+        .status
+        .as_ref()
+        .and_then(|s| s.linux.as_ref())
+        .and_then(|l| l.namespaces.as_ref())
+        .and_then(|n| n.options.as_ref())
+        .is_some_and(|o| o.network == NAMESPACE_NODE);
+    if host_network {
+        return None;
+    }
     let info: serde_json::Value = serde_json::from_str(status.info.get("info")?).ok()?;
     let from_spec = info["runtimeSpec"]["linux"]["namespaces"]
         .as_array()

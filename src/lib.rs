@@ -14,6 +14,7 @@ pub mod cni;
 pub mod config;
 pub mod cri;
 pub mod error;
+pub mod install;
 pub mod logging;
 pub mod netns;
 pub mod plan;

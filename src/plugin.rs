@@ -111,6 +111,9 @@ fn dispatch(
         Err(e) => return Err(e.into()),
     };
     log::set_max_level(cfg.log_level);
+    if let Some(path) = &cfg.log_socket {
+        crate::logging::relay_to(path);
+    }
     match env.command {
         Command::Add => add(&env, &conf, &cfg, started),
         Command::Del => del(&env).map(|()| String::new()),

@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/deps.sh
 echo "building shunt and the demo (release)..."
-cargo build --release --quiet --bin shunt --example demo
+cargo build --release --quiet --bin shunt --bin shunt-install --example demo
 exec target/x86_64-unknown-linux-gnu/release/examples/demo

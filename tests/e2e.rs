@@ -244,3 +244,132 @@ fn containers_without_any_capability_are_redirected() {
     );
     assert!(server.lines().iter().all(|l| !l.contains("accepted")));
 }
+
+/// Polls for up to `secs`.
+fn eventually(secs: u64, f: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    f()
+}
+
+#[test]
+fn pods_that_started_before_shunt_get_their_rules_from_the_installer() {
+    let ctd = Containerd::start("e2e", Chain::Plain);
+    let original_conflist = ctd.conflist();
+    let mut cri = ctd.client();
+    let early = ctd
+        .run_pod(&mut cri, "early", "default", CAPTURED)
+        .expect("run");
+    let plain = ctd.run_pod(&mut cri, "plain", "default", &[]).expect("run");
+    assert!(
+        early.shunt_rules().is_empty(),
+        "shunt is not in the chain yet"
+    );
+
+    let log_path = ctd.dir.join("logs/installer.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut installer = ctd
+        .installer_command(&["--repair", "program"])
+        .stdout(log.try_clone().expect("dup"))
+        .stderr(log)
+        .spawn()
+        .expect("start shunt-install");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let repaired = eventually(15, || !early.shunt_rules().is_empty());
+    assert!(
+        repaired,
+        "the early pod never got its rules:\n{}",
+        read_log()
+    );
+    assert!(
+        plain.shunt_rules().is_empty(),
+        "a pod that did not ask got rules"
+    );
+    assert!(eventually(5, || read_log().contains("checked 2 running pods")));
+    let log_text = read_log();
+    assert!(
+        log_text.contains("early") && log_text.contains("programmed them now"),
+        "{log_text}"
+    );
+    // The plugin's own line for that ADD reached the installer's stdout through the socket.
+    assert!(
+        log_text
+            .lines()
+            .any(|l| l.contains("\"source\":\"plugin\"") && l.contains("captured")),
+        "{log_text}"
+    );
+
+    // The repaired pod's traffic really goes to its proxy.
+    let (e, p) = (early.handle(), plain.handle());
+    let proxy = Listener::bind(&e, PROXY_UID, "0.0.0.0:15001", "proxy");
+    let _server = Listener::bind(&p, 0, "0.0.0.0:8080", "server");
+    let _app = connect(&e, APP_UID, APP_UID, sock_of(&plain, 8080));
+    let at_proxy = proxy.accept().expect("redirected");
+    assert_eq!(original_dst(&at_proxy), sock_of(&plain, 8080));
+
+    // Pods created from now on get their rules through the chain.
+    let late = ctd
+        .run_pod(&mut cri, "late", "default", CAPTURED)
+        .expect("run");
+    assert!(!late.shunt_rules().is_empty());
+
+    // SIGTERM: the conflist as it was and no binary; later pods are not captured.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(installer.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(installer.wait().expect("wait").success());
+    assert_eq!(ctd.conflist(), original_conflist);
+    assert!(!ctd.dir.join("bin/shunt").exists());
+    // Teardown of a captured pod still works once shunt is gone from the chain.
+    cri.stop_pod_sandbox(&late.id).expect("stop");
+    cri.remove_pod_sandbox(&late.id).expect("remove");
+}
+
+#[test]
+fn report_only_repair_counts_and_warns_but_does_not_touch() {
+    let ctd = Containerd::start("e2e", Chain::Plain);
+    let mut cri = ctd.client();
+    let early = ctd
+        .run_pod(&mut cri, "early", "default", CAPTURED)
+        .expect("run");
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let out = ctd
+        .installer_command(&["--repair", "report", "--health-addr", &addr])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let pid = nix::unistd::Pid::from_raw(out.id() as i32);
+    let metrics = || {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let counted = eventually(15, || {
+        metrics().is_some_and(|m| m.contains("shunt_install_repair_missing_total 1"))
+    });
+    let ready = metrics().unwrap_or_default();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let output = out.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(counted, "{ready}\n{text}");
+    assert!(ready.contains("shunt_install_ready 1"), "{ready}");
+    assert!(
+        ready.contains("shunt_install_repair_programmed_total 0"),
+        "{ready}"
+    );
+    assert!(
+        early.shunt_rules().is_empty(),
+        "report-only touched the pod"
+    );
+    assert!(text.contains("report-only"), "{text}");
+}

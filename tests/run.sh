@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash tests/deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+bash tests/manifests.sh
 # Figures, not assertions: the benches report ratios and differences measured in this one run.
 SHUNT_BENCH_PODS="${SHUNT_BENCH_PODS:-200}" SHUNT_SANDBOX_PODS="${SHUNT_SANDBOX_PODS:-200}" \
   cargo bench --bench add --bench sandbox

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shunt::cri::{self, Client, CriError, PodSandboxConfig, PodSandboxMetadata};
 
 /// Where Debian's `containernetworking-plugins` puts the reference plugins.
@@ -24,7 +24,7 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 pub enum Chain {
     /// `bridge` → `portmap`: the node as it is without shunt.
     Plain,
-    /// `bridge` → `portmap` → `shunt`, with the entry shipped in `conf/shunt-entry.json`.
+    /// `bridge` → `portmap` → `shunt`, spliced in by `shunt-install --once`.
     Shunt,
 }
 
@@ -34,6 +34,14 @@ pub struct Containerd {
     pub bridge: String,
     pub subnet: String,
     child: Option<Child>,
+}
+
+/// The built installer, found like [`super::shunt_bin`].
+pub fn shunt_install_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_shunt-install") {
+        return p.into();
+    }
+    Path::new(&super::shunt_bin()).with_file_name("shunt-install")
 }
 
 fn check(cmd: &mut Command) -> String {
@@ -139,10 +147,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             let entry = entry.expect("dirent");
             std::os::unix::fs::symlink(entry.path(), bin.join(entry.file_name())).expect("link");
         }
-        std::os::unix::fs::symlink(super::shunt_bin(), bin.join("shunt")).expect("link shunt");
         // No gateway and no masquerading: the host's addresses, routes and iptables stay as they
         // are; pods reach each other across the bridge.
-        let mut plugins = vec![
+        let plugins = vec![
             json!({
                 "type": "bridge",
                 "bridge": self.bridge,
@@ -156,17 +163,50 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             }),
             json!({"type": "portmap", "capabilities": {"portMappings": true}}),
         ];
-        if chain == Chain::Shunt {
-            let entry = fs::read_to_string(repo_file("conf/shunt-entry.json")).expect("entry");
-            let entry: Value = serde_json::from_str(&entry).expect("entry json");
-            plugins.push(entry);
-        }
         let conflist = json!({"cniVersion": "1.0.0", "name": "shunt-e2e", "plugins": plugins});
         fs::write(
             self.dir.join("net.d/10-shunt-e2e.conflist"),
             serde_json::to_string_pretty(&conflist).expect("json"),
         )
         .expect("write conflist");
+        if chain == Chain::Shunt {
+            // The way a node gets shunt: the real installer, run once against these dirs.
+            let out = self
+                .installer_command(&["--once", "--repair", "off"])
+                .output();
+            let out = out.expect("run shunt-install");
+            assert!(
+                out.status.success(),
+                "shunt-install --once: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    /// `shunt-install` pointed at this containerd's CNI dirs, state and CRI socket.
+    pub fn installer_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(shunt_install_bin());
+        cmd.arg("--cni-bin-dir")
+            .arg(self.dir.join("bin"))
+            .arg("--cni-conf-dir")
+            .arg(self.dir.join("net.d"))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--log-socket")
+            .arg(self.dir.join("state/log.sock"))
+            .arg("--cri-socket")
+            .arg(&self.socket)
+            .arg("--plugin-binary")
+            .arg(super::shunt_bin())
+            .args(["--health-addr", "off"])
+            .args(extra)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The conflist the runtime reads.
+    pub fn conflist(&self) -> String {
+        fs::read_to_string(self.dir.join("net.d/10-shunt-e2e.conflist")).unwrap_or_default()
     }
 
     fn spawn(&mut self) {

@@ -48,13 +48,11 @@ fn main() {
         version.runtime_api_version,
         ctd.socket.display()
     );
-    println!("    CNI chain: bridge (+ host-local) -> portmap -> shunt; the shunt entry:");
-    let entry = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/shunt-entry.json"),
-    )
-    .unwrap_or_default();
-    for line in entry.lines() {
-        println!("      {line}");
+    println!("    CNI chain: bridge (+ host-local) -> portmap, and shunt-install spliced in:");
+    let conflist: serde_json::Value =
+        serde_json::from_str(&ctd.conflist()).unwrap_or(serde_json::Value::Null);
+    if let Some(entry) = conflist["plugins"].as_array().and_then(|p| p.last()) {
+        println!("      {entry}");
     }
 
     step("Pod \"backend\" (no annotations) with a server container on :8080");
