@@ -66,6 +66,24 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// `shunt-install --once` against this node's dirs.
+    fn once(&self) -> std::process::Output {
+        Command::new(INSTALLER)
+            .arg("--once")
+            .arg("--cni-bin-dir")
+            .arg(self.root.join("bin"))
+            .arg("--cni-conf-dir")
+            .arg(self.root.join("net.d"))
+            .arg("--state-dir")
+            .arg(self.root.join("state"))
+            .arg("--plugin-binary")
+            .arg(common::shunt_bin())
+            .args(["--log-socket", "off", "--health-addr", "off"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shunt-install --once")
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(self.root.join("installer.log")).unwrap_or_default()
     }
@@ -330,18 +348,19 @@ fn a_writer_that_keeps_removing_the_entry_gets_a_warning_not_a_hot_loop() {
 
 #[test]
 fn sigterm_restores_the_primary_and_removes_the_binary() {
-    for (file, original) in [
-        ("10-calico.conflist", "calico.conflist"),
-        ("10-bridge.conf", "bridge-single.conf"),
+    for (file, original, spliced) in [
+        (
+            "10-calico.conflist",
+            "calico.conflist",
+            "10-calico.conflist",
+        ),
+        ("10-bridge.conf", "bridge-single.conf", "10-bridge.conflist"),
     ] {
         let mut node = Node::new("term");
         let bytes = conflist(original);
         fs::write(node.conf(file), &bytes).expect("write");
         node.start(&[]);
-        let spliced = file
-            .replace(".conf", ".conflist")
-            .replace(".conflistlist", ".conflist");
-        node.within(SECOND * 3, "install", || node.spliced(&spliced));
+        node.within(SECOND * 3, "install", || node.spliced(spliced));
         node.terminate();
         let files: Vec<String> = fs::read_dir(node.root.join("net.d"))
             .expect("dir")
@@ -428,20 +447,7 @@ fn killing_the_installer_mid_write_never_leaves_a_broken_file() {
 fn once_installs_and_exits() {
     let node = Node::new("once");
     fs::write(node.conf("10-calico.conflist"), conflist("calico.conflist")).expect("write");
-    let out = Command::new(INSTALLER)
-        .arg("--once")
-        .arg("--cni-bin-dir")
-        .arg(node.root.join("bin"))
-        .arg("--cni-conf-dir")
-        .arg(node.root.join("net.d"))
-        .arg("--state-dir")
-        .arg(node.root.join("state"))
-        .arg("--plugin-binary")
-        .arg(common::shunt_bin())
-        .args(["--log-socket", "off", "--health-addr", "off"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
+    let out = node.once();
     assert!(
         out.status.success(),
         "{}",
@@ -455,19 +461,7 @@ fn once_installs_and_exits() {
     }
     // Nothing to install into: exit 1, saying why.
     let empty = Node::new("once-empty");
-    let out = Command::new(INSTALLER)
-        .arg("--once")
-        .arg("--cni-bin-dir")
-        .arg(empty.root.join("bin"))
-        .arg("--cni-conf-dir")
-        .arg(empty.root.join("net.d"))
-        .arg("--state-dir")
-        .arg(empty.root.join("state"))
-        .arg("--plugin-binary")
-        .arg(common::shunt_bin())
-        .args(["--log-socket", "off", "--health-addr", "off"])
-        .output()
-        .expect("run");
+    let out = empty.once();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("no primary CNI configuration"));
 }

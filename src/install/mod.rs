@@ -264,9 +264,7 @@ impl Installer {
         // The primary's owner may be rewriting it in place: give it time before another file is
         // taken for the primary.
         if let Some(last) = &self.last_primary {
-            let still_there_but_broken = skipped
-                .iter()
-                .any(|s| Some(dir.join(&s.name)) == Some(last.clone()));
+            let still_there_but_broken = skipped.iter().any(|s| dir.join(&s.name) == *last);
             let moved_on = found.as_ref().is_some_and(|f| &f.path != last);
             if still_there_but_broken && (moved_on || found.is_none()) {
                 let since = *self.broken_since.get_or_insert_with(Instant::now);

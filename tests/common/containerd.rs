@@ -527,12 +527,7 @@ impl Pod {
 
 pub fn shunt_rules_in(netns: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    for tool in [
-        "iptables-nft-save",
-        "ip6tables-nft-save",
-        "iptables-legacy-save",
-        "ip6tables-legacy-save",
-    ] {
+    for tool in super::SAVE_TOOLS {
         let out = check(
             Command::new("nsenter")
                 .arg(format!("--net={}", netns.display()))

@@ -52,6 +52,14 @@ fn sh(cmd: &str, args: &[&str]) {
     );
 }
 
+/// Every backend and family a rule could be in.
+pub const SAVE_TOOLS: [&str; 4] = [
+    "iptables-nft-save",
+    "ip6tables-nft-save",
+    "iptables-legacy-save",
+    "ip6tables-legacy-save",
+];
+
 /// A named netns under /run/netns, deleted on drop.
 pub struct Ns {
     pub name: String,
@@ -102,12 +110,7 @@ impl Ns {
     /// Every rule line of every backend and family that mentions SHUNT.
     pub fn shunt_rules(&self) -> Vec<String> {
         let mut lines = Vec::new();
-        for tool in [
-            "iptables-nft-save",
-            "ip6tables-nft-save",
-            "iptables-legacy-save",
-            "ip6tables-legacy-save",
-        ] {
+        for tool in SAVE_TOOLS {
             lines.extend(
                 self.exec(&[tool])
                     .lines()
