@@ -3,7 +3,8 @@
 //!
 //! Each restore is one kernel transaction (legacy: the table is swapped whole; nf_tables: one
 //! batch), so a family is either fully programmed or untouched. Across families, a failure rolls
-//! back the family that did succeed, so ADD never leaves half a pod's rules behind.
+//! back the family that did succeed, so ADD never leaves half a pod's rules behind. TPROXY's
+//! policy routing ([`crate::routing`]) is added before a family's rules and removed with them.
 //!
 //! Legacy iptables serialises writers with a lock file, by default the host-wide
 //! `/run/xtables.lock`, although tables are per netns. Every tool we run gets
@@ -18,6 +19,7 @@ use std::process::{Command, Stdio};
 use crate::config::BackendChoice;
 use crate::netns::{Netns, NetnsError};
 use crate::plan::{render_create, Family, FamilyPlan, Plan};
+use crate::routing::{self, RoutingError};
 use crate::saved::{self, Drift, Owned};
 
 /// Seconds a legacy tool waits for the (per-netns) lock before giving up.
@@ -70,6 +72,8 @@ pub enum ApplyError {
         tool: String,
         source: std::io::Error,
     },
+    #[error("policy routing: {0}")]
+    Routing(#[from] RoutingError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
 }
@@ -251,6 +255,9 @@ impl Iptables {
     /// repeated, or a leftover); then the old rules are removed and the plan applied again, so
     /// the netns ends with exactly one copy. The common case costs a single restore.
     fn install_family(&self, fp: &FamilyPlan) -> Result<(), ApplyError> {
+        if let Some(r) = fp.route {
+            routing::install(&[(fp.family, r)])?;
+        }
         let text = render_create(fp);
         match self.restore(fp.family, &text) {
             Ok(()) => Ok(()),
@@ -402,6 +409,15 @@ pub fn install(netns: &Netns, ipt: &Iptables, plan: &Plan) -> Result<(), ApplyEr
             }
         }
     }
+    if plan.families.iter().any(|f| f.route.is_some()) {
+        let undone = netns
+            .run(routing::remove_all)
+            .map_err(ApplyError::from)
+            .and_then(|r| r.map_err(ApplyError::from));
+        if let Err(e) = undone {
+            log::error!("rolling back policy routing after a failed ADD: {e}");
+        }
+    }
     Err(err)
 }
 
@@ -419,6 +435,7 @@ pub fn remove_all(netns: &Netns, backends: &[Iptables]) -> Result<usize, ApplyEr
     for r in results {
         removed += r??;
     }
+    removed += netns.run(routing::remove_all)??;
     Ok(removed)
 }
 
@@ -435,6 +452,15 @@ pub fn check(
         .zip(netns.run_each(families.clone(), |fp| ipt.owned(fp.family)))
     {
         drift.extend(saved::diff(fp, &r??).into_iter().map(|d| (fp.family, d)));
+    }
+    let want: Vec<(Family, crate::plan::LocalRoute)> = plan
+        .families
+        .iter()
+        .filter_map(|f| f.route.map(|r| (f.family, r)))
+        .collect();
+    let have = netns.run(routing::list)??;
+    for (family, d) in routing::diff(&want, &have) {
+        drift.push((family, Drift::Routing(d)));
     }
     Ok(drift)
 }

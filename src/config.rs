@@ -4,7 +4,11 @@ use log::LevelFilter;
 use serde_json::{Map, Value};
 
 use crate::cni::type_name;
-use crate::settings::{Defaults, SettingsError};
+use crate::profiles::istio::IstioConfig;
+use crate::profiles::linkerd::LinkerdConfig;
+use crate::profiles::shunt::Defaults;
+use crate::profiles::Profile;
+use crate::settings::{parse_id, parse_list, parse_port_range, SettingsError};
 
 /// Which iptables implementation writes the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +24,12 @@ pub struct PluginConfig {
     pub exclude_namespaces: Vec<String>,
     pub log_level: LevelFilter,
     pub iptables_backend: BackendChoice,
+    /// Which annotation dialects are read, in the order they are asked.
+    pub profiles: Vec<Profile>,
+    /// Defaults for the shunt profile.
     pub defaults: Defaults,
+    pub istio: IstioConfig,
+    pub linkerd: LinkerdConfig,
     /// Where `shunt-install` listens for the plugin's log lines (`logSocket`).
     pub log_socket: Option<std::path::PathBuf>,
 }
@@ -31,7 +40,10 @@ impl Default for PluginConfig {
             exclude_namespaces: vec!["kube-system".into()],
             log_level: LevelFilter::Info,
             iptables_backend: BackendChoice::Auto,
+            profiles: Profile::ALL.to_vec(),
             defaults: Defaults::default(),
+            istio: IstioConfig::default(),
+            linkerd: LinkerdConfig::default(),
             log_socket: None,
         }
     }
@@ -45,6 +57,8 @@ pub enum ConfigError {
         expected: &'static str,
         found: String,
     },
+    #[error("conflist field {field}: {why}")]
+    Invalid { field: String, why: String },
     #[error(transparent)]
     Defaults(#[from] SettingsError),
 }
@@ -84,6 +98,60 @@ impl PluginConfig {
         if let Some(v) = raw.get("defaults") {
             cfg.defaults = Defaults::parse(v)?;
         }
+        if let Some(v) = raw.get("profiles") {
+            let bad = || {
+                wrong(
+                    "profiles",
+                    "an array of \"shunt\", \"istio\", \"linkerd\"",
+                    v,
+                )
+            };
+            let Value::Array(items) = v else {
+                return Err(bad());
+            };
+            let mut profiles = Vec::new();
+            for item in items {
+                let p = item.as_str().and_then(Profile::parse).ok_or_else(bad)?;
+                if !profiles.contains(&p) {
+                    profiles.push(p);
+                }
+            }
+            cfg.profiles = profiles;
+        }
+        if let Some(v) = raw.get("istio") {
+            let m = object("istio", v)?;
+            for (k, val) in m {
+                let field = format!("istio.{k}");
+                match k.as_str() {
+                    "proxyUid" => cfg.istio.proxy_uid = id(&field, val)?,
+                    "proxyGid" => cfg.istio.proxy_gid = id(&field, val)?,
+                    "dnsCapture" => {
+                        cfg.istio.dns_capture = val.as_bool().ok_or_else(|| {
+                            invalid(&field, format!("expected true or false, found {val}"))
+                        })?
+                    }
+                    _ => {
+                        return Err(invalid(
+                            &field,
+                            "unknown key (known: proxyUid, proxyGid, dnsCapture)".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(v) = raw.get("linkerd") {
+            let m = object("linkerd", v)?;
+            for (k, val) in m {
+                let field = format!("linkerd.{k}");
+                match k.as_str() {
+                    "proxyUid" => cfg.linkerd.proxy_uid = id(&field, val)?,
+                    "proxyGid" => cfg.linkerd.proxy_gid = Some(id(&field, val)?),
+                    "skipInboundPorts" => cfg.linkerd.skip_inbound_ports = port_list(&field, val)?,
+                    "skipOutboundPorts" => cfg.linkerd.skip_outbound_ports = port_list(&field, val)?,
+                    _ => return Err(invalid(&field, "unknown key (known: proxyUid, proxyGid, skipInboundPorts, skipOutboundPorts)".into())),
+                }
+            }
+        }
         if let Some(v) = raw.get("logSocket") {
             match v.as_str() {
                 Some(p) if p.starts_with('/') => cfg.log_socket = Some(p.into()),
@@ -92,6 +160,50 @@ impl PluginConfig {
         }
         Ok(cfg)
     }
+}
+
+fn invalid(field: &str, why: String) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.to_owned(),
+        why,
+    }
+}
+
+fn object<'a>(field: &'static str, v: &'a Value) -> Result<&'a Map<String, Value>, ConfigError> {
+    v.as_object().ok_or_else(|| wrong(field, "an object", v))
+}
+
+/// A numeric ID, as a JSON number or a string of digits.
+fn id(field: &str, v: &Value) -> Result<u32, ConfigError> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        other => {
+            return Err(invalid(
+                field,
+                format!("expected a numeric ID, found {other}"),
+            ))
+        }
+    };
+    parse_id(&text).map_err(|why| invalid(field, why))
+}
+
+/// Ports and ranges, as `"25,8000-9000"` or `[25, "8000-9000"]`.
+fn port_list(field: &str, v: &Value) -> Result<Vec<crate::settings::PortRange>, ConfigError> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                other => Err(invalid(field, format!("expected ports, found {other}"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        other => return Err(invalid(field, format!("expected ports, found {other}"))),
+    };
+    parse_list(&text, parse_port_range).map_err(|why| invalid(field, why))
 }
 
 fn wrong(field: &'static str, expected: &'static str, found: &Value) -> ConfigError {
@@ -128,6 +240,21 @@ mod tests {
         assert!(c.exclude_namespaces.is_empty());
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert_eq!(c.iptables_backend, BackendChoice::Legacy);
+        let c = cfg(json!({
+            "profiles": ["linkerd", "istio", "linkerd"],
+            "istio": {"proxyUid": 1000670000, "proxyGid": "1000670001", "dnsCapture": true},
+            "linkerd": {"proxyUid": 2103, "skipInboundPorts": [25, "8000-8080"], "skipOutboundPorts": "4567,4568"}
+        }))
+        .unwrap();
+        assert_eq!(c.profiles, [Profile::Linkerd, Profile::Istio]);
+        assert_eq!(
+            (c.istio.proxy_uid, c.istio.proxy_gid),
+            (1000670000, 1000670001)
+        );
+        assert!(c.istio.dns_capture);
+        assert_eq!(c.linkerd.proxy_uid, 2103);
+        assert_eq!(c.linkerd.skip_inbound_ports.len(), 2);
+        assert_eq!(c.linkerd.skip_outbound_ports.len(), 2);
     }
 
     #[test]
@@ -139,6 +266,13 @@ mod tests {
             json!({"iptablesBackend": "ebpf"}),
             json!({"logSocket": "run/shunt/log.sock"}),
             json!({"defaults": {"outbound-port": "http"}}),
+            json!({"profiles": ["istio", "consul"]}),
+            json!({"profiles": "istio"}),
+            json!({"istio": {"proxyUid": "istio-proxy"}}),
+            json!({"istio": {"dnsCapture": "yes"}}),
+            json!({"istio": {"proxyUID": 1}}),
+            json!({"linkerd": {"skipInboundPorts": "25,x"}}),
+            json!({"linkerd": []}),
         ] {
             let e = cfg(v.clone()).unwrap_err().to_string();
             let key = v.as_object().unwrap().keys().next().unwrap().clone();

@@ -84,7 +84,9 @@ impl Error {
                 ApplyError::ToolsMissing(_) => TOOLS_MISSING,
                 ApplyError::Netns(n) => netns_code(n),
                 ApplyError::Spawn { .. } => IO_FAILURE,
-                ApplyError::Restore { .. } | ApplyError::Save { .. } => APPLY_FAILED,
+                ApplyError::Restore { .. } | ApplyError::Save { .. } | ApplyError::Routing(_) => {
+                    APPLY_FAILED
+                }
             },
             Error::NoPodAddress => NO_POD_ADDRESS,
             Error::Drift(_) => CHECK_FAILED,

@@ -15,7 +15,8 @@ use crate::config::PluginConfig;
 use crate::error::{Error, INTERNAL};
 use crate::netns::{Netns, NetnsError};
 use crate::plan::{self, Plan};
-use crate::settings::{self, Decision, Settings};
+use crate::profiles;
+use crate::settings::{Decision, Settings};
 
 /// What the process prints and how it exits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,12 +142,7 @@ fn prev_result(conf: &NetConf) -> Result<&Map<String, Value>, Error> {
 }
 
 fn decide(env: &Env, conf: &NetConf, cfg: &PluginConfig) -> Result<Decision, Error> {
-    Ok(settings::decide(
-        &env.pod,
-        conf.annotations.as_ref(),
-        &cfg.exclude_namespaces,
-        &cfg.defaults,
-    )?)
+    Ok(profiles::decide(&env.pod, conf.annotations.as_ref(), cfg)?)
 }
 
 /// The plan for a captured pod: its addresses from prevResult, or from its netns if none.
@@ -173,19 +169,27 @@ fn add(env: &Env, conf: &NetConf, cfg: &PluginConfig, started: Instant) -> Resul
                 env.container_id
             );
         }
-        Decision::Redirect(s) => {
+        Decision::Redirect {
+            profile,
+            settings: s,
+        } => {
             let plan = plan_for(&netns, prev, &s)?;
             let ipt = Iptables::resolve(cfg.iptables_backend)?;
             apply::install(&netns, &ipt, &plan)?;
             let families: Vec<&str> = plan.families.iter().map(|f| f.family.name()).collect();
+            let mode = match s.interception {
+                crate::settings::Interception::Redirect => "REDIRECT",
+                crate::settings::Interception::Tproxy => "TPROXY",
+            };
+            let dns = s.dns_port.map(|p| format!(" dns→{p}")).unwrap_or_default();
             log::info!(
-                "ADD pod {} container={}: captured, outbound→{} inbound→{} proxy uid {} gid {} ({}, {} rules, iptables-{}) in {:.1} ms",
+                "ADD pod {} container={}: captured by the {profile} profile ({mode}), outbound→{} inbound→{}{dns} proxy uid {} gid {} ({}, {} rules, iptables-{}) in {:.1} ms",
                 env.pod,
                 env.container_id,
                 s.outbound_port,
                 s.inbound_port,
                 s.proxy_uid,
-                s.proxy_gid,
+                s.proxy_gid.map_or_else(|| "-".to_owned(), |g| g.to_string()),
                 families.join("+"),
                 plan.rule_count(),
                 ipt.backend.name(),
@@ -243,7 +247,7 @@ fn check(env: &Env, conf: &NetConf, cfg: &PluginConfig) -> Result<(), Error> {
     let prev = prev_result(conf)?;
     let decision = decide(env, conf, cfg)?;
     let netns = netns_of(env)?;
-    let Decision::Redirect(s) = decision else {
+    let Decision::Redirect { settings: s, .. } = decision else {
         return Ok(());
     };
     let plan = plan_for(&netns, prev, &s)?;

@@ -130,11 +130,28 @@ pub fn render_removal(owned: &Owned) -> Option<String> {
 /// A difference between the plan and the netns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drift {
-    MissingChain { table: String, chain: String },
-    Missing { table: String, rule: String },
-    Unexpected { table: String, rule: String },
-    OutOfOrder { table: String, chain: String },
-    Duplicated { table: String, rule: String },
+    MissingChain {
+        table: String,
+        chain: String,
+    },
+    Missing {
+        table: String,
+        rule: String,
+    },
+    Unexpected {
+        table: String,
+        rule: String,
+    },
+    OutOfOrder {
+        table: String,
+        chain: String,
+    },
+    Duplicated {
+        table: String,
+        rule: String,
+    },
+    /// A difference in TPROXY's policy routing, described by [`crate::routing::diff`].
+    Routing(String),
 }
 
 impl fmt::Display for Drift {
@@ -147,6 +164,7 @@ impl fmt::Display for Drift {
                 write!(f, "rules of {table}/{chain} are out of order")
             }
             Drift::Duplicated { table, rule } => write!(f, "duplicated in {table}: {rule}"),
+            Drift::Routing(d) => f.write_str(d),
         }
     }
 }

@@ -1,80 +1,21 @@
-//! Pod settings: the plugin's conflist entry and the pod's annotations, turned into typed values.
+//! Pod settings: the typed values the planner takes, and the parsers every profile uses to turn
+//! annotation text into them.
 //!
-//! Every value a pod can set is parsed here into ports, CIDRs and numeric IDs. The planner only
-//! ever sees these types, so no annotation text can reach `iptables-restore` input.
+//! Every value a pod can set is parsed into ports, port ranges, CIDRs, interface names and
+//! numeric IDs before planning. The planner only ever sees these types, so no annotation text can
+//! reach `iptables-restore` input. Which annotations a pod uses is up to its profile (see
+//! [`crate::profiles`]); they all end up here.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU16;
 
 use ipnetwork::IpNetwork;
-use serde_json::Value;
-
-use crate::cni::{type_name, PodRef};
-
-/// Annotation prefix for shunt's own keys.
-pub const PREFIX: &str = "shunt.dev/";
-pub const REDIRECT: &str = "shunt.dev/redirect";
 
 /// Longest annotation value read. Longer values are refused rather than truncated.
 pub const MAX_VALUE_LEN: usize = 8192;
 /// Most entries in one list; each becomes at least one rule per address family.
 pub const MAX_LIST_ITEMS: usize = 128;
-
-/// The settings that a pod (or the conflist's `defaults`) can set, by annotation suffix.
-/// `redirect` is not among them: only a pod decides whether it is captured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Key {
-    OutboundPort,
-    InboundPort,
-    ProxyUid,
-    ProxyGid,
-    IncludeOutboundCidrs,
-    ExcludeOutboundCidrs,
-    ExcludeOutboundPorts,
-    IncludeInboundPorts,
-    ExcludeInboundPorts,
-}
-
-impl Key {
-    pub const ALL: [Key; 9] = [
-        Key::OutboundPort,
-        Key::InboundPort,
-        Key::ProxyUid,
-        Key::ProxyGid,
-        Key::IncludeOutboundCidrs,
-        Key::ExcludeOutboundCidrs,
-        Key::ExcludeOutboundPorts,
-        Key::IncludeInboundPorts,
-        Key::ExcludeInboundPorts,
-    ];
-
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Key::OutboundPort => "outbound-port",
-            Key::InboundPort => "inbound-port",
-            Key::ProxyUid => "proxy-uid",
-            Key::ProxyGid => "proxy-gid",
-            Key::IncludeOutboundCidrs => "include-outbound-cidrs",
-            Key::ExcludeOutboundCidrs => "exclude-outbound-cidrs",
-            Key::ExcludeOutboundPorts => "exclude-outbound-ports",
-            Key::IncludeInboundPorts => "include-inbound-ports",
-            Key::ExcludeInboundPorts => "exclude-inbound-ports",
-        }
-    }
-
-    fn from_suffix(s: &str) -> Option<Key> {
-        Key::ALL.into_iter().find(|k| k.suffix() == s)
-    }
-}
-
-/// Where a bad value came from, so the error names the exact knob to fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    Annotation,
-    Defaults,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -86,6 +27,16 @@ pub enum SettingsError {
     },
     #[error("pod {pod} carries no annotations from the runtime: add \"capabilities\": {{\"io.kubernetes.cri.pod-annotations\": true}} to shunt's conflist entry (needs containerd ≥1.5 or CRI-O ≥1.29)")]
     NoAnnotations { pod: String },
+}
+
+impl SettingsError {
+    pub fn invalid(field: impl Into<String>, raw: &str, why: impl Into<String>) -> SettingsError {
+        SettingsError::Invalid {
+            field: field.into(),
+            value: Shown::new(raw),
+            why: why.into(),
+        }
+    }
 }
 
 /// A value as it may be shown in an error: quoted, escaped, and cut short when huge, so that a
@@ -110,8 +61,60 @@ impl fmt::Display for Shown {
     }
 }
 
-/// A TCP port, 1–65535.
+/// A TCP or UDP port, 1–65535.
 pub type Port = NonZeroU16;
+
+pub const fn port(n: u16) -> Port {
+    match NonZeroU16::new(n) {
+        Some(p) => p,
+        None => panic!("port 0"),
+    }
+}
+
+/// One port or an inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: Port,
+    pub last: Port,
+}
+
+impl PortRange {
+    pub const fn one(p: Port) -> PortRange {
+        PortRange { first: p, last: p }
+    }
+
+    pub fn contains(&self, p: Port) -> bool {
+        self.first <= p && p <= self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    /// As iptables prints it: `80` or `8000:9000`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+/// A network interface name, checked to be one the kernel could have. A trailing `+` is the
+/// iptables wildcard (`net+` is every interface starting with `net`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface(String);
+
+impl Iface {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Iface {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// An include list: everything (`*`), or only the listed items (possibly none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,40 +123,189 @@ pub enum Select<T> {
     Only(Vec<T>),
 }
 
+/// How inbound connections reach the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// nat REDIRECT: the proxy reads the original destination with `SO_ORIGINAL_DST`.
+    Redirect,
+    /// mangle TPROXY plus policy routing: the proxy's listener (with `IP_TRANSPARENT`) sees the
+    /// original destination as its local address, and the source address is kept.
+    Tproxy,
+}
+
+/// What happens to the proxy's own connections that leave over `lo` for a non-loopback address,
+/// which is how a proxy reaches its own pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyLoopback {
+    /// Left alone, like all of the proxy's traffic (Linkerd: its proxy serves its own pod).
+    Direct,
+    /// To one of the pod's own addresses: through inbound capture, as if from outside (shunt).
+    OwnAddresses,
+    /// To any address but 127.0.0.1/::1: through inbound capture (Istio, whose inbound
+    /// validation and passthrough rely on it).
+    NonLocalhost,
+}
+
+/// Marks and routing table used by TPROXY interception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TproxyMarks {
+    /// Set on diverted packets; routed to `lo` by the policy rule.
+    pub mark: u32,
+    /// Set on the proxy's own packets to the pod over `lo`, so they may be diverted.
+    pub outbound_mark: u32,
+    /// The routing table holding the `local` default route.
+    pub table: u32,
+}
+
 /// What shunt programs for one pod that asked to be captured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    pub interception: Interception,
     pub outbound_port: Port,
     pub inbound_port: Port,
     pub proxy_uid: u32,
-    pub proxy_gid: u32,
+    /// `None`: the proxy is recognised by its UID alone.
+    pub proxy_gid: Option<u32>,
     pub include_outbound_cidrs: Select<IpNetwork>,
     pub exclude_outbound_cidrs: Vec<IpNetwork>,
-    pub exclude_outbound_ports: Vec<Port>,
-    pub include_inbound_ports: Select<Port>,
-    pub exclude_inbound_ports: Vec<Port>,
+    /// Redirected whatever their destination address (after the exclusions).
+    pub include_outbound_ports: Vec<PortRange>,
+    pub exclude_outbound_ports: Vec<PortRange>,
+    pub include_inbound_ports: Select<PortRange>,
+    pub exclude_inbound_ports: Vec<PortRange>,
+    /// Inbound connections from these sources go straight to the app.
+    pub exclude_inbound_sources: Vec<IpNetwork>,
+    /// Traffic in or out through these interfaces is never captured.
+    pub exclude_interfaces: Vec<Iface>,
+    /// The proxy connects from these addresses to reach the app directly (Istio's inbound
+    /// passthrough binds 127.0.0.6 and ::6); such connections are never captured.
+    pub passthrough_sources: Vec<IpAddr>,
+    pub proxy_loopback: ProxyLoopback,
+    /// Port of the proxy's DNS listener when the app's DNS (UDP and TCP port 53) is captured.
+    pub dns_port: Option<Port>,
+    pub tproxy: TproxyMarks,
 }
 
 impl Default for Settings {
+    /// shunt's own defaults, which are Istio's ports and IDs.
     fn default() -> Settings {
         Settings {
+            interception: Interception::Redirect,
             outbound_port: port(15001),
             inbound_port: port(15006),
             proxy_uid: 1337,
-            proxy_gid: 1337,
+            proxy_gid: Some(1337),
             include_outbound_cidrs: Select::All,
             exclude_outbound_cidrs: Vec::new(),
+            include_outbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             include_inbound_ports: Select::All,
             exclude_inbound_ports: Vec::new(),
+            exclude_inbound_sources: Vec::new(),
+            exclude_interfaces: Vec::new(),
+            passthrough_sources: Vec::new(),
+            proxy_loopback: ProxyLoopback::OwnAddresses,
+            dns_port: None,
+            tproxy: TproxyMarks {
+                mark: 1337,
+                outbound_mark: 1338,
+                table: 133,
+            },
         }
     }
 }
 
-const fn port(n: u16) -> Port {
-    match NonZeroU16::new(n) {
-        Some(p) => p,
-        None => panic!("port 0"),
+fn list<T: fmt::Display>(items: &[T]) -> String {
+    if items.is_empty() {
+        return "none".into();
+    }
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn select<T: fmt::Display>(s: &Select<T>) -> String {
+    match s {
+        Select::All => "all".into(),
+        Select::Only(items) => list(items),
+    }
+}
+
+impl fmt::Display for Settings {
+    /// One `name: value` line per setting, for `shunt plan` and the logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.interception {
+            Interception::Redirect => "REDIRECT".to_owned(),
+            Interception::Tproxy => format!(
+                "TPROXY (mark {:#x}, proxy-to-pod mark {:#x}, route table {})",
+                self.tproxy.mark, self.tproxy.outbound_mark, self.tproxy.table
+            ),
+        };
+        let gid = self
+            .proxy_gid
+            .map_or_else(|| "none (UID only)".into(), |g| g.to_string());
+        let lo = match self.proxy_loopback {
+            ProxyLoopback::Direct => "direct",
+            ProxyLoopback::OwnAddresses => "to own pod addresses: inbound capture",
+            ProxyLoopback::NonLocalhost => "to any non-localhost address: inbound capture",
+        };
+        let dns = self
+            .dns_port
+            .map_or_else(|| "not captured".into(), |p| format!("port 53 → {p}"));
+        writeln!(f, "interception:           {mode}")?;
+        writeln!(f, "outbound port:          {}", self.outbound_port)?;
+        writeln!(f, "inbound port:           {}", self.inbound_port)?;
+        writeln!(f, "proxy uid:              {}", self.proxy_uid)?;
+        writeln!(f, "proxy gid:              {gid}")?;
+        writeln!(
+            f,
+            "include outbound cidrs: {}",
+            select(&self.include_outbound_cidrs)
+        )?;
+        writeln!(
+            f,
+            "exclude outbound cidrs: {}",
+            list(&self.exclude_outbound_cidrs)
+        )?;
+        writeln!(
+            f,
+            "include outbound ports: {}",
+            list(&self.include_outbound_ports)
+        )?;
+        writeln!(
+            f,
+            "exclude outbound ports: {}",
+            list(&self.exclude_outbound_ports)
+        )?;
+        writeln!(
+            f,
+            "include inbound ports:  {}",
+            select(&self.include_inbound_ports)
+        )?;
+        writeln!(
+            f,
+            "exclude inbound ports:  {}",
+            list(&self.exclude_inbound_ports)
+        )?;
+        writeln!(
+            f,
+            "exclude inbound from:   {}",
+            list(&self.exclude_inbound_sources)
+        )?;
+        writeln!(
+            f,
+            "exclude interfaces:     {}",
+            list(&self.exclude_interfaces)
+        )?;
+        writeln!(
+            f,
+            "passthrough sources:    {}",
+            list(&self.passthrough_sources)
+        )?;
+        writeln!(f, "proxy over lo:          {lo}")?;
+        writeln!(f, "dns:                    {dns}")
     }
 }
 
@@ -161,166 +313,35 @@ const fn port(n: u16) -> Port {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Leave the pod alone; the reason is for the log.
-    PassThrough(&'static str),
-    Redirect(Box<Settings>),
+    PassThrough(String),
+    Redirect {
+        /// The profile that recognised the pod.
+        profile: &'static str,
+        settings: Box<Settings>,
+    },
 }
 
-/// `defaults` from the conflist entry: raw values keyed like the annotations, checked once at
-/// config load so a bad conflist fails every ADD with the same clear message.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Defaults(BTreeMap<Key, String>);
+// ---- Parsers shared by the profiles. Each returns a reason; the caller names the field. ----
 
-impl Defaults {
-    pub fn parse(value: &Value) -> Result<Defaults, SettingsError> {
-        let Value::Object(map) = value else {
-            return Err(invalid_field(
-                "defaults".into(),
-                &value.to_string(),
-                format!("expected an object, found {}", type_name(value)),
-            ));
-        };
-        let mut out = BTreeMap::new();
-        for (k, v) in map {
-            let field = format!("defaults.{k}");
-            let key = Key::from_suffix(k).ok_or_else(|| {
-                invalid_field(
-                    field.clone(),
-                    &v.to_string(),
-                    format!("unknown key (known: {})", known_suffixes()),
-                )
-            })?;
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                other => {
-                    return Err(invalid_field(
-                        field,
-                        &other.to_string(),
-                        format!("expected a string or number, found {}", type_name(other)),
-                    ))
-                }
-            };
-            out.insert(key, text);
-        }
-        let defaults = Defaults(out);
-        // Validate now: the same parser runs per pod, but a broken default is the node's fault
-        // and should be reported as such.
-        apply(&mut Settings::default(), &defaults.0, &Origin::Defaults)?;
-        Ok(defaults)
-    }
-}
-
-fn known_suffixes() -> String {
-    Key::ALL
-        .iter()
-        .map(|k| k.suffix())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Decides for one pod. `annotations` is `None` when the runtime passed none at all.
-pub fn decide(
-    pod: &PodRef,
-    annotations: Option<&BTreeMap<String, String>>,
-    exclude_namespaces: &[String],
-    defaults: &Defaults,
-) -> Result<Decision, SettingsError> {
-    if let Some(ns) = &pod.namespace {
-        if exclude_namespaces.iter().any(|e| e == ns) {
-            return Ok(Decision::PassThrough("namespace is excluded"));
-        }
-    }
-    let Some(annotations) = annotations else {
-        // A Kubernetes pod whose annotations we cannot see may well have asked for capture;
-        // starting it uncaptured would fail open.
-        if pod.is_kubernetes() {
-            return Err(SettingsError::NoAnnotations {
-                pod: pod.to_string(),
-            });
-        }
-        return Ok(Decision::PassThrough(
-            "no annotations (not a Kubernetes pod)",
+/// Runs `parse` on an annotation or config value, refusing huge ones, and names `field` in the
+/// error.
+pub fn parse_field<T>(
+    field: &str,
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, SettingsError> {
+    if raw.len() > MAX_VALUE_LEN {
+        return Err(SettingsError::invalid(
+            field,
+            raw,
+            format!("longer than {MAX_VALUE_LEN} bytes"),
         ));
-    };
-    match annotations.get(REDIRECT).map(|v| v.trim()) {
-        None => return Ok(Decision::PassThrough("no shunt.dev/redirect annotation")),
-        Some("disabled") => return Ok(Decision::PassThrough("shunt.dev/redirect is disabled")),
-        Some("enabled") => {}
-        Some(_) => {
-            return Err(invalid_field(
-                REDIRECT.into(),
-                &annotations[REDIRECT],
-                "expected \"enabled\" or \"disabled\"".into(),
-            ))
-        }
     }
-    let mut settings = Settings::default();
-    let mut gid_set = false;
-    apply(&mut settings, &defaults.0, &Origin::Defaults)?;
-    gid_set |= defaults.0.contains_key(&Key::ProxyGid);
-    let mut from_pod = BTreeMap::new();
-    for (name, value) in annotations {
-        if let Some(key) = name.strip_prefix(PREFIX).and_then(Key::from_suffix) {
-            from_pod.insert(key, value.clone());
-        }
-    }
-    apply(&mut settings, &from_pod, &Origin::Annotation)?;
-    gid_set |= from_pod.contains_key(&Key::ProxyGid);
-    // The proxy GID follows the proxy UID unless someone set it.
-    if !gid_set {
-        settings.proxy_gid = settings.proxy_uid;
-    }
-    Ok(Decision::Redirect(Box::new(settings)))
+    parse(raw).map_err(|why| SettingsError::invalid(field, raw, why))
 }
 
-fn apply(
-    s: &mut Settings,
-    values: &BTreeMap<Key, String>,
-    origin: &Origin,
-) -> Result<(), SettingsError> {
-    for (&key, raw) in values {
-        let field = match origin {
-            Origin::Annotation => format!("{PREFIX}{}", key.suffix()),
-            Origin::Defaults => format!("defaults.{}", key.suffix()),
-        };
-        let bad = |why: String| invalid_field(field.clone(), raw, why);
-        if raw.len() > MAX_VALUE_LEN {
-            return Err(bad(format!("longer than {MAX_VALUE_LEN} bytes")));
-        }
-        match key {
-            Key::OutboundPort => s.outbound_port = parse_port(raw.trim()).map_err(bad)?,
-            Key::InboundPort => s.inbound_port = parse_port(raw.trim()).map_err(bad)?,
-            Key::ProxyUid => s.proxy_uid = parse_id(raw.trim()).map_err(bad)?,
-            Key::ProxyGid => s.proxy_gid = parse_id(raw.trim()).map_err(bad)?,
-            Key::IncludeOutboundCidrs => {
-                s.include_outbound_cidrs = parse_select(raw, parse_cidr).map_err(bad)?
-            }
-            Key::ExcludeOutboundCidrs => {
-                s.exclude_outbound_cidrs = parse_list(raw, parse_cidr).map_err(bad)?
-            }
-            Key::ExcludeOutboundPorts => {
-                s.exclude_outbound_ports = parse_list(raw, parse_port).map_err(bad)?
-            }
-            Key::IncludeInboundPorts => {
-                s.include_inbound_ports = parse_select(raw, parse_port).map_err(bad)?
-            }
-            Key::ExcludeInboundPorts => {
-                s.exclude_inbound_ports = parse_list(raw, parse_port).map_err(bad)?
-            }
-        }
-    }
-    Ok(())
-}
-
-fn invalid_field(field: String, raw: &str, why: String) -> SettingsError {
-    SettingsError::Invalid {
-        field,
-        value: Shown::new(raw),
-        why,
-    }
-}
-
-fn parse_port(s: &str) -> Result<Port, String> {
+pub fn parse_port(s: &str) -> Result<Port, String> {
+    let s = s.trim();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{s:?} is not a port number (1-65535)"));
     }
@@ -330,7 +351,22 @@ fn parse_port(s: &str) -> Result<Port, String> {
         .ok_or_else(|| format!("{s} is not a port number (1-65535)"))
 }
 
-fn parse_id(s: &str) -> Result<u32, String> {
+/// `80` or `8000-9000` (Linkerd's range syntax).
+pub fn parse_port_range(s: &str) -> Result<PortRange, String> {
+    match s.split_once('-') {
+        None => parse_port(s).map(PortRange::one),
+        Some((a, b)) => {
+            let (first, last) = (parse_port(a)?, parse_port(b)?);
+            if first > last {
+                return Err(format!("{s:?} is an empty port range"));
+            }
+            Ok(PortRange { first, last })
+        }
+    }
+}
+
+pub fn parse_id(s: &str) -> Result<u32, String> {
+    let s = s.trim();
     // Numeric only: a name would need an NSS lookup on the node, which can take seconds.
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("{s:?} is not a numeric ID"));
@@ -343,7 +379,7 @@ fn parse_id(s: &str) -> Result<u32, String> {
 
 /// A CIDR or a bare address. Host bits are cleared, as iptables would, so the plan matches what
 /// `iptables-save` later reports.
-fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+pub fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
     let net = if s.contains('/') {
         s.parse::<IpNetwork>()
             .map_err(|_| format!("{s:?} is not an IPv4 or IPv6 CIDR"))?
@@ -356,11 +392,39 @@ fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
     IpNetwork::new(net.network(), net.prefix()).map_err(|e| format!("{s:?}: {e}"))
 }
 
+pub fn parse_iface(s: &str) -> Result<Iface, String> {
+    let name = s.strip_suffix('+').unwrap_or(s);
+    let ok_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@');
+    // A leading '-' would read as an option to iptables-restore.
+    let starts_well = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if !starts_well || name.len() > 15 || !name.bytes().all(ok_char) {
+        return Err(format!(
+            "{s:?} is not an interface name (1-15 of A-Z a-z 0-9 - _ . @, starting with a letter \
+             or digit, optionally ending in +)"
+        ));
+    }
+    Ok(Iface(s.to_owned()))
+}
+
+/// `true`/`false`, and the other spellings Go's `strconv.ParseBool` takes, since mesh users
+/// write annotations for Go programs.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean (true or false)")),
+    }
+}
+
 fn items(raw: &str) -> impl Iterator<Item = &str> {
     raw.split(',').map(str::trim)
 }
 
-fn parse_list<T: PartialEq>(
+/// A comma-separated list; blanks around items are ignored, duplicates dropped.
+pub fn parse_list<T: PartialEq>(
     raw: &str,
     item: fn(&str) -> Result<T, String>,
 ) -> Result<Vec<T>, String> {
@@ -373,7 +437,7 @@ fn parse_list<T: PartialEq>(
             return Err("empty item in the list".into());
         }
         if part == "*" {
-            return Err("\"*\" is not allowed in an exclude list".into());
+            return Err("\"*\" is not allowed in this list".into());
         }
         let v = item(part)?;
         if !out.contains(&v) {
@@ -386,7 +450,8 @@ fn parse_list<T: PartialEq>(
     Ok(out)
 }
 
-fn parse_select<T: PartialEq>(
+/// `*` for everything, else a list as [`parse_list`] reads it.
+pub fn parse_select<T: PartialEq>(
     raw: &str,
     item: fn(&str) -> Result<T, String>,
 ) -> Result<Select<T>, String> {
@@ -399,171 +464,70 @@ fn parse_select<T: PartialEq>(
     parse_list(raw, item).map(Select::Only)
 }
 
+/// Adds `extra` to `list`, keeping the order and dropping duplicates.
+pub fn merge<T: PartialEq + Clone>(list: &mut Vec<T>, extra: &[T]) {
+    for e in extra {
+        if !list.contains(e) {
+            list.push(e.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pod() -> PodRef {
-        PodRef {
-            namespace: Some("shop".into()),
-            name: Some("web".into()),
-            uid: None,
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("80").unwrap().to_string(), "80");
+        assert_eq!(
+            parse_port_range(" 8000-9000").unwrap().to_string(),
+            "8000:9000"
+        );
+        assert!(parse_port_range("9000-8000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("80-").is_err());
+        assert!(parse_port_range("8000:9000").is_err());
+    }
+
+    #[test]
+    fn interface_names() {
+        assert!(parse_iface("net1").is_ok());
+        assert!(parse_iface("veth+").is_ok());
+        for bad in ["", "+", "a b", "eth0;ls", "sixteen-chars-xx", "a/b", "-j"] {
+            assert!(parse_iface(bad).is_err(), "{bad}");
         }
-    }
-
-    fn decide_with(pairs: &[(&str, &str)]) -> Result<Decision, SettingsError> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        decide(
-            &pod(),
-            Some(&map),
-            &["kube-system".into()],
-            &Defaults::default(),
-        )
-    }
-
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let mut all = vec![(REDIRECT, "enabled")];
-        all.extend_from_slice(pairs);
-        match decide_with(&all).unwrap() {
-            Decision::Redirect(s) => *s,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn absent_annotation_passes_through() {
-        assert!(matches!(
-            decide_with(&[]).unwrap(),
-            Decision::PassThrough(_)
-        ));
-        assert!(matches!(
-            decide_with(&[(REDIRECT, "disabled")]).unwrap(),
-            Decision::PassThrough(_)
-        ));
-    }
-
-    #[test]
-    fn a_typo_in_redirect_fails_closed() {
-        let e = decide_with(&[(REDIRECT, "enable")]).unwrap_err();
-        assert!(e.to_string().contains("shunt.dev/redirect"), "{e}");
-    }
-
-    #[test]
-    fn defaults_apply() {
-        let s = settings(&[]);
-        assert_eq!(s, Settings::default());
     }
 
     #[test]
     fn lists_trim_dedupe_and_normalise() {
-        let s = settings(&[
-            (
-                "shunt.dev/exclude-outbound-cidrs",
-                " 10.1.2.3/8 , 2001:db8::1, 10.0.0.0/8",
-            ),
-            ("shunt.dev/exclude-inbound-ports", "22, 9090"),
-            ("shunt.dev/include-inbound-ports", ""),
-        ]);
+        let nets = parse_list(" 10.1.2.3/8 , 2001:db8::1, 10.0.0.0/8", parse_cidr).unwrap();
         assert_eq!(
-            s.exclude_outbound_cidrs,
+            nets,
             vec![
                 "10.0.0.0/8".parse::<IpNetwork>().unwrap(),
                 "2001:db8::1/128".parse().unwrap()
             ]
         );
-        assert_eq!(s.exclude_inbound_ports, vec![port(22), port(9090)]);
-        assert_eq!(s.include_inbound_ports, Select::Only(vec![]));
+        assert_eq!(
+            parse_select("", parse_port_range).unwrap(),
+            Select::Only(vec![])
+        );
+        assert!(parse_select("*,80", parse_port_range).is_err());
+        assert!(parse_list("80,,81", parse_port_range).is_err());
     }
 
     #[test]
-    fn gid_follows_uid_unless_set() {
-        assert_eq!(settings(&[("shunt.dev/proxy-uid", "2102")]).proxy_gid, 2102);
-        let s = settings(&[
-            ("shunt.dev/proxy-uid", "2102"),
-            ("shunt.dev/proxy-gid", "0"),
-        ]);
-        assert_eq!((s.proxy_uid, s.proxy_gid), (2102, 0));
-    }
-
-    #[test]
-    fn bad_values_name_field_and_value() {
-        for (k, v) in [
-            ("shunt.dev/outbound-port", "0"),
-            ("shunt.dev/inbound-port", "65536"),
-            ("shunt.dev/proxy-uid", "istio-proxy"),
-            ("shunt.dev/proxy-gid", "-1"),
-            ("shunt.dev/include-outbound-cidrs", "10.0.0.0/33"),
-            ("shunt.dev/exclude-outbound-ports", "80,,81"),
-            ("shunt.dev/exclude-outbound-cidrs", "*"),
-            ("shunt.dev/include-inbound-ports", "*,80"),
-        ] {
-            let e = decide_with(&[(REDIRECT, "enabled"), (k, v)]).unwrap_err();
-            let msg = e.to_string();
-            assert!(msg.contains(k) && msg.contains(&format!("{v:?}")), "{msg}");
-        }
+    fn booleans_like_go() {
+        assert_eq!(parse_bool("True"), Ok(true));
+        assert_eq!(parse_bool("0"), Ok(false));
+        assert!(parse_bool("yes").is_err());
     }
 
     #[test]
     fn huge_values_are_cut_in_messages() {
         let big = "1,".repeat(10_000);
-        let e = decide_with(&[
-            (REDIRECT, "enabled"),
-            ("shunt.dev/exclude-inbound-ports", &big),
-        ])
-        .unwrap_err();
+        let e = parse_field("f", &big, |s| parse_list(s, parse_port_range)).unwrap_err();
         assert!(e.to_string().len() < 400);
-    }
-
-    #[test]
-    fn excluded_namespace_wins() {
-        let p = PodRef {
-            namespace: Some("kube-system".into()),
-            ..pod()
-        };
-        let map = BTreeMap::from([(REDIRECT.to_string(), "enabled".to_string())]);
-        assert!(matches!(
-            decide(
-                &p,
-                Some(&map),
-                &["kube-system".into()],
-                &Defaults::default()
-            )
-            .unwrap(),
-            Decision::PassThrough(_)
-        ));
-    }
-
-    #[test]
-    fn kubernetes_pod_without_annotations_fails_closed() {
-        assert!(matches!(
-            decide(&pod(), None, &[], &Defaults::default()),
-            Err(SettingsError::NoAnnotations { .. })
-        ));
-        assert!(matches!(
-            decide(&PodRef::default(), None, &[], &Defaults::default()).unwrap(),
-            Decision::PassThrough(_)
-        ));
-    }
-
-    #[test]
-    fn defaults_are_checked_and_overridden() {
-        let d = Defaults::parse(&serde_json::json!({"proxy-uid": 2102, "outbound-port": "4140"}))
-            .unwrap();
-        let map = BTreeMap::from([
-            (REDIRECT.to_string(), "enabled".to_string()),
-            ("shunt.dev/outbound-port".to_string(), "15001".to_string()),
-        ]);
-        let Decision::Redirect(s) = decide(&pod(), Some(&map), &[], &d).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (s.proxy_uid, s.proxy_gid, s.outbound_port.get()),
-            (2102, 2102, 15001)
-        );
-        assert!(Defaults::parse(&serde_json::json!({"proxy_uid": 1})).is_err());
-        assert!(Defaults::parse(&serde_json::json!({"inbound-port": "x"})).is_err());
     }
 }

@@ -51,6 +51,20 @@ fn bad_annotation(name: &'static str, key: &str, value: &str) -> Case {
     c
 }
 
+/// A malformed annotation of another mesh's dialect: the pod carries that mesh's marker and not
+/// shunt's.
+fn bad_mesh_annotation(name: &'static str, marker: (&str, &str), key: &str, value: &str) -> Case {
+    let annotations = json!({marker.0: marker.1, key: value});
+    let input =
+        Input::Conf(json!({"runtimeConfig": {"io.kubernetes.cri.pod-annotations": annotations}}));
+    let mut c = case(name, input, 7, &[key]);
+    c.says.push(format!("{value:?}"));
+    c
+}
+
+const ISTIO: (&str, &str) = ("sidecar.istio.io/status", "{}");
+const LINKERD: (&str, &str) = ("linkerd.io/proxy-version", "edge-25.4.4");
+
 fn cases(netns_file: &str) -> Vec<Case> {
     let huge = "8080,".repeat(20_000);
     let many: Vec<String> = (1..=200).map(|p| p.to_string()).collect();
@@ -336,9 +350,9 @@ fn cases(netns_file: &str) -> Vec<Case> {
             "80,,443",
         ),
         bad_annotation(
-            "exclude-outbound-ports range",
+            "exclude-outbound-ports reversed range",
             "shunt.dev/exclude-outbound-ports",
-            "8000-9000",
+            "9000-8000",
         ),
         bad_annotation(
             "include-inbound-ports quoted",
@@ -378,6 +392,67 @@ fn cases(netns_file: &str) -> Vec<Case> {
         ),
         bad_annotation("NUL byte", "shunt.dev/outbound-port", "15001\u{0}"),
         bad_annotation("unicode digits", "shunt.dev/outbound-port", "１５００１"),
+        // the new shunt keys
+        bad_annotation(
+            "exclude-interfaces option",
+            "shunt.dev/exclude-interfaces",
+            "-o eth0",
+        ),
+        bad_annotation("capture-dns yes", "shunt.dev/capture-dns", "yes"),
+        bad_annotation(
+            "interception-mode caps",
+            "shunt.dev/interception-mode",
+            "TPROXY",
+        ),
+        // Istio's and Linkerd's dialects
+        bad_mesh_annotation(
+            "istio excludeInboundPorts injection",
+            ISTIO,
+            "traffic.sidecar.istio.io/excludeInboundPorts",
+            "15020\nCOMMIT",
+        ),
+        bad_mesh_annotation(
+            "istio interceptionMode lower case",
+            ISTIO,
+            "sidecar.istio.io/interceptionMode",
+            "tproxy",
+        ),
+        bad_mesh_annotation(
+            "istio excludeInterfaces with a jump",
+            ISTIO,
+            "traffic.sidecar.istio.io/excludeInterfaces",
+            "eth0 -j DROP",
+        ),
+        bad_mesh_annotation(
+            "istio proxy config not YAML",
+            ISTIO,
+            "proxy.istio.io/config",
+            "proxyMetadata: {ISTIO_META_DNS_CAPTURE: [",
+        ),
+        bad_mesh_annotation(
+            "linkerd skip-subnets with a jump",
+            LINKERD,
+            "config.linkerd.io/skip-subnets",
+            "10.0.0.0/8 -j ACCEPT",
+        ),
+        bad_mesh_annotation(
+            "linkerd proxy-uid name",
+            LINKERD,
+            "config.linkerd.io/proxy-uid",
+            "linkerd",
+        ),
+        case(
+            "profiles unknown",
+            Input::Conf(json!({"profiles": ["consul"]})),
+            7,
+            &["profiles"],
+        ),
+        case(
+            "istio proxyUid negative",
+            Input::Conf(json!({"istio": {"proxyUid": -1}})),
+            7,
+            &["istio.proxyUid"],
+        ),
         // oversized
         bad_annotation("huge list", "shunt.dev/exclude-inbound-ports", &huge),
         bad_annotation(

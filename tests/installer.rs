@@ -68,6 +68,10 @@ impl Node {
 
     /// `shunt-install --once` against this node's dirs.
     fn once(&self) -> std::process::Output {
+        self.once_with(&[])
+    }
+
+    fn once_with(&self, extra: &[&str]) -> std::process::Output {
         Command::new(INSTALLER)
             .arg("--once")
             .arg("--cni-bin-dir")
@@ -79,6 +83,7 @@ impl Node {
             .arg("--plugin-binary")
             .arg(common::shunt_bin())
             .args(["--log-socket", "off", "--health-addr", "off"])
+            .args(extra)
             .stdin(Stdio::null())
             .output()
             .expect("run shunt-install --once")
@@ -474,10 +479,44 @@ fn bad_flags_are_refused_naming_them() {
         (vec!["--log-level", "loud"], "logLevel"),
         (vec!["--iptables-backend", "ebpf"], "iptablesBackend"),
         (vec!["--frobnicate"], "--frobnicate"),
+        (vec!["--plugin-config", "[1]"], "--plugin-config"),
+        (
+            vec!["--plugin-config", r#"{"profiles":["consul"]}"#],
+            "profiles",
+        ),
+        (
+            vec!["--plugin-config", r#"{"logLevel":"debug"}"#],
+            "--log-level",
+        ),
     ] {
         let out = Command::new(INSTALLER).args(&args).output().expect("run");
         assert!(!out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains(needle), "{args:?}: {text}");
     }
+}
+
+#[test]
+fn plugin_config_lands_in_the_entry() {
+    let node = Node::new("plugin-config");
+    fs::write(node.conf("10-calico.conflist"), conflist("calico.conflist")).expect("write");
+    let out = node.once_with(&[
+        "--plugin-config",
+        r#"{"profiles":["istio","linkerd"],"istio":{"dnsCapture":true}}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let list: Value =
+        serde_json::from_str(&fs::read_to_string(node.conf("10-calico.conflist")).expect("read"))
+            .expect("json");
+    let entry = list["plugins"]
+        .as_array()
+        .and_then(|p| p.last())
+        .expect("entry");
+    assert_eq!(entry["type"], "shunt");
+    assert_eq!(entry["profiles"], serde_json::json!(["istio", "linkerd"]));
+    assert_eq!(entry["istio"]["dnsCapture"], true);
 }

@@ -49,6 +49,9 @@ done
 grep -q '/host/var/lib/rancher/k3s/agent/etc/cni/net.d' "$out/preset_k3s.yaml"
 grep -q '/home/kubernetes/bin' "$out/preset_gke.yaml"
 grep -q 'kube-system,istio-system' "$out"/create*.yaml
+"$helm" template shunt install/helm/shunt --namespace shunt-system \
+  --set-json 'pluginConfig={"profiles":["istio"],"istio":{"dnsCapture":true}}' >"$out/plugin_config.yaml"
+grep -q 'value: "{\\"istio\\":{\\"dnsCapture\\":true},\\"profiles\\":\[\\"istio\\"\]}"' "$out/plugin_config.yaml"
 if "$helm" template shunt install/helm/shunt --set preset=eks >/dev/null 2>&1; then
   echo "an unknown preset rendered" >&2
   exit 1
@@ -60,4 +63,4 @@ if ! diff -u install/kubernetes/shunt.yaml "$out/plain.yaml"; then
   echo "install/kubernetes/shunt.yaml is out of date: run install/render.sh" >&2
   exit 1
 fi
-echo "manifests: lint, 8 renderings, schemas and the plain manifest all check out"
+echo "manifests: lint, 9 renderings, schemas and the plain manifest all check out"

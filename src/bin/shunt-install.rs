@@ -38,6 +38,8 @@ usage: shunt-install [flags]
   --exclude-namespaces A,B the plugin's excludeNamespaces (default kube-system)
   --log-level LEVEL        the plugin's and the installer's level (default info)
   --iptables-backend B     the plugin's iptablesBackend: auto | nft | legacy (default auto)
+  --plugin-config JSON     more keys for the plugin's entry, as a JSON object: profiles, istio,
+                           linkerd, defaults (see README.md)
   --resync-seconds N       full check without events (default 30)
 ";
 
@@ -60,6 +62,7 @@ const VALUED: &[&str] = &[
     "exclude-namespaces",
     "log-level",
     "iptables-backend",
+    "plugin-config",
     "resync-seconds",
 ];
 
@@ -163,6 +166,25 @@ fn options(args: &Args) -> anyhow::Result<Options> {
         .filter(|s| !s.is_empty())
         .collect();
     let mut plugin_config = Map::new();
+    if let Some(extra) = args.get("plugin-config").filter(|s| !s.trim().is_empty()) {
+        let Ok(Value::Object(extra)) = serde_json::from_str::<Value>(extra) else {
+            bail!("--plugin-config {extra:?}: expected a JSON object");
+        };
+        for (k, v) in extra {
+            // These have flags of their own; two sources for one key would hide one of them.
+            if let Some(flag) = match k.as_str() {
+                "excludeNamespaces" => Some("--exclude-namespaces"),
+                "logLevel" => Some("--log-level"),
+                "iptablesBackend" => Some("--iptables-backend"),
+                "logSocket" => Some("--log-socket"),
+                "type" | "capabilities" => Some("(none: the installer writes it)"),
+                _ => None,
+            } {
+                bail!("--plugin-config: set {k} with {flag}");
+            }
+            plugin_config.insert(k, v);
+        }
+    }
     plugin_config.insert("excludeNamespaces".into(), json!(namespaces));
     plugin_config.insert("logLevel".into(), json!(level));
     plugin_config.insert(

@@ -5,25 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-const USAGE: &str = "\
-shunt: a CNI chained plugin; the container runtime runs it with CNI_COMMAND set.
-  shunt --version   print the version
-See README.md for the conflist entry and the pod annotations.";
-
 fn main() -> ExitCode {
     shunt::logging::init(log::LevelFilter::Info);
-    let mut args = std::env::args().skip(1);
-    if let Some(arg) = args.next() {
-        let text = match arg.as_str() {
-            "--version" | "-V" => format!("shunt {}", env!("CARGO_PKG_VERSION")),
-            _ => USAGE.to_owned(),
-        };
-        eprintln!("{text}");
-        return if arg == "--version" || arg == "-V" {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(2)
-        };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(first) = args.first() {
+        // Run by hand: the runtime never passes arguments.
+        return command(first, &args[1..]);
     }
     std::panic::set_hook(Box::new(|info| {
         log::error!("panic: {info}");
@@ -40,6 +27,40 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `shunt plan`, `shunt inspect`, `shunt --version`: for people, not for the runtime.
+fn command(name: &str, rest: &[String]) -> ExitCode {
+    let result = match name {
+        "--version" | "-V" => Ok(format!("shunt {}\n", env!("CARGO_PKG_VERSION"))),
+        "plan" => shunt::cli::plan_command(rest),
+        "inspect" => shunt::cli::inspect_command(rest),
+        "--help" | "-h" | "help" => Ok(format!(
+            "shunt: a CNI chained plugin; the container runtime runs it with CNI_COMMAND set.\n{}\n",
+            shunt::cli::USAGE
+        )),
+        other => Err(shunt::cli::CliError::Usage(format!(
+            "unknown command {other:?}"
+        ))),
+    };
+    match result {
+        Ok(text) => match write_stdout(text.trim_end()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("shunt: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        // A drift report is the command's output, not a complaint.
+        Err(shunt::cli::CliError::Drift(report)) => {
+            let _ = write_stdout(report.trim_end());
+            ExitCode::from(3)
+        }
+        Err(e) => {
+            eprintln!("shunt: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

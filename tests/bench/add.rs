@@ -23,9 +23,11 @@ use serde_json::json;
 use shunt::apply::Iptables;
 use shunt::cni::PodRef;
 use shunt::config::BackendChoice;
+use shunt::config::PluginConfig;
 use shunt::netns::Netns;
 use shunt::plan::{plan, render_create, Family, Plan};
-use shunt::settings::{decide, Decision, Defaults};
+use shunt::profiles::decide;
+use shunt::settings::Decision;
 
 const SHUNT: &str = env!("CARGO_BIN_EXE_shunt");
 
@@ -234,8 +236,8 @@ fn main() {
         namespace: Some("bench".into()),
         ..PodRef::default()
     };
-    let Ok(Decision::Redirect(settings)) =
-        decide(&pod, Some(&annotations), &[], &Defaults::default())
+    let Ok(Decision::Redirect { settings, .. }) =
+        decide(&pod, Some(&annotations), &PluginConfig::default())
     else {
         panic!("benchmark pod is not captured");
     };
