@@ -177,10 +177,7 @@ fn add(env: &Env, conf: &NetConf, cfg: &PluginConfig, started: Instant) -> Resul
             let ipt = Iptables::resolve(cfg.iptables_backend)?;
             apply::install(&netns, &ipt, &plan)?;
             let families: Vec<&str> = plan.families.iter().map(|f| f.family.name()).collect();
-            let mode = match s.interception {
-                crate::settings::Interception::Redirect => "REDIRECT",
-                crate::settings::Interception::Tproxy => "TPROXY",
-            };
+            let mode = s.interception.name();
             let dns = s.dns_port.map(|p| format!(" dns→{p}")).unwrap_or_default();
             log::info!(
                 "ADD pod {} container={}: captured by the {profile} profile ({mode}), outbound→{} inbound→{}{dns} proxy uid {} gid {} ({}, {} rules, iptables-{}) in {:.1} ms",

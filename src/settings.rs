@@ -146,6 +146,15 @@ pub enum ProxyLoopback {
     NonLocalhost,
 }
 
+impl Interception {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interception::Redirect => "REDIRECT",
+            Interception::Tproxy => "TPROXY",
+        }
+    }
+}
+
 /// Marks and routing table used by TPROXY interception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TproxyMarks {
@@ -237,10 +246,13 @@ impl fmt::Display for Settings {
     /// One `name: value` line per setting, for `shunt plan` and the logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mode = match self.interception {
-            Interception::Redirect => "REDIRECT".to_owned(),
+            Interception::Redirect => self.interception.name().to_owned(),
             Interception::Tproxy => format!(
-                "TPROXY (mark {:#x}, proxy-to-pod mark {:#x}, route table {})",
-                self.tproxy.mark, self.tproxy.outbound_mark, self.tproxy.table
+                "{} (mark {:#x}, proxy-to-pod mark {:#x}, route table {})",
+                self.interception.name(),
+                self.tproxy.mark,
+                self.tproxy.outbound_mark,
+                self.tproxy.table
             ),
         };
         let gid = self

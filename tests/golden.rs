@@ -50,11 +50,17 @@ fn golden(name: &str, annotations: &[(&str, &str)], pod_ips: &[&str]) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(format!("{name}.rules"));
+    compare(name, &path, &text);
+}
+
+/// Compares `text` with the golden file, or rewrites the file under SHUNT_BLESS=1.
+fn compare(name: &str, path: &std::path::Path, text: &str) {
     if std::env::var_os("SHUNT_BLESS").is_some() {
-        std::fs::write(&path, &text).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
         return;
     }
-    let want = std::fs::read_to_string(&path)
+    let want = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e} (run with SHUNT_BLESS=1 to create)", path.display()));
     assert!(
         text == want,
@@ -171,19 +177,7 @@ fn golden_plan(name: &str, annotations: &[(&str, &str)], config: Option<&str>, i
         text.push_str(&format!("# config: {c}\n"));
     }
     text.push_str(&out.unwrap_or_else(|e| panic!("{name}: {e}")));
-    let path = dir.join(format!("{name}.plan"));
-    if std::env::var_os("SHUNT_BLESS").is_some() {
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(&path, &text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with SHUNT_BLESS=1 to create)", path.display()));
-    assert!(
-        text == want,
-        "{name}: plan differs from {}\n--- want\n{want}\n--- got\n{text}",
-        path.display()
-    );
+    compare(name, &dir.join(format!("{name}.plan")), &text);
 }
 
 const ISTIO_STATUS: (&str, &str) = (
