@@ -409,7 +409,7 @@ pub fn install(netns: &Netns, ipt: &Iptables, plan: &Plan) -> Result<(), ApplyEr
             }
         }
     }
-    if plan.families.iter().any(|f| f.route.is_some()) {
+    if !plan.routes().is_empty() {
         let undone = netns
             .run(routing::remove_all)
             .map_err(ApplyError::from)
@@ -453,13 +453,8 @@ pub fn check(
     {
         drift.extend(saved::diff(fp, &r??).into_iter().map(|d| (fp.family, d)));
     }
-    let want: Vec<(Family, crate::plan::LocalRoute)> = plan
-        .families
-        .iter()
-        .filter_map(|f| f.route.map(|r| (f.family, r)))
-        .collect();
     let have = netns.run(routing::list)??;
-    for (family, d) in routing::diff(&want, &have) {
+    for (family, d) in routing::diff(&plan.routes(), &have) {
         drift.push((family, Drift::Routing(d)));
     }
     Ok(drift)

@@ -15,7 +15,7 @@ use crate::apply::Iptables;
 use crate::cni::PodRef;
 use crate::config::PluginConfig;
 use crate::netns::Netns;
-use crate::plan::{plan, render_create, render_route, Family, LocalRoute, Plan};
+use crate::plan::{plan, render_create, render_route, Family, Plan};
 use crate::profiles::{self, Annotations};
 use crate::settings::Decision;
 use crate::{addrs, routing, saved};
@@ -338,13 +338,8 @@ pub fn inspect_command(args: &[String]) -> Result<String, CliError> {
             ));
         }
     }
-    let want: Vec<(Family, LocalRoute)> = p
-        .families
-        .iter()
-        .filter_map(|f| f.route.map(|r| (f.family, r)))
-        .collect();
     drift.extend(
-        routing::diff(&want, &routes)
+        routing::diff(&p.routes(), &routes)
             .into_iter()
             .map(|(f, d)| format!("{}: {d}", f.name())),
     );

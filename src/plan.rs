@@ -450,6 +450,14 @@ impl Plan {
     pub fn rule_count(&self) -> usize {
         self.families.iter().map(FamilyPlan::rule_count).sum()
     }
+
+    /// The policy routing each family needs (TPROXY only).
+    pub fn routes(&self) -> Vec<(Family, LocalRoute)> {
+        self.families
+            .iter()
+            .filter_map(|f| f.route.map(|r| (f.family, r)))
+            .collect()
+    }
 }
 
 /// Plans the rules for a pod. `pod_ips` are the pod's own addresses; a family gets rules only

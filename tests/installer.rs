@@ -44,20 +44,28 @@ impl Node {
         self.root.join("bin/shunt")
     }
 
-    fn start(&mut self, extra: &[&str]) {
-        let out = fs::File::create(self.root.join("installer.log")).expect("log");
-        let child = Command::new(INSTALLER)
-            .arg("--cni-bin-dir")
+    /// `shunt-install` pointed at this node's directories and the built plugin.
+    fn installer(&self) -> Command {
+        let mut c = Command::new(INSTALLER);
+        c.arg("--cni-bin-dir")
             .arg(self.root.join("bin"))
             .arg("--cni-conf-dir")
             .arg(self.root.join("net.d"))
             .arg("--state-dir")
             .arg(self.root.join("state"))
-            .arg("--log-socket")
-            .arg(self.root.join("state/log.sock"))
             .arg("--plugin-binary")
             .arg(common::shunt_bin())
-            .args(["--health-addr", "off", "--repair", "off"])
+            .args(["--health-addr", "off"]);
+        c
+    }
+
+    fn start(&mut self, extra: &[&str]) {
+        let out = fs::File::create(self.root.join("installer.log")).expect("log");
+        let child = self
+            .installer()
+            .arg("--log-socket")
+            .arg(self.root.join("state/log.sock"))
+            .args(["--repair", "off"])
             .args(extra)
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
@@ -72,17 +80,8 @@ impl Node {
     }
 
     fn once_with(&self, extra: &[&str]) -> std::process::Output {
-        Command::new(INSTALLER)
-            .arg("--once")
-            .arg("--cni-bin-dir")
-            .arg(self.root.join("bin"))
-            .arg("--cni-conf-dir")
-            .arg(self.root.join("net.d"))
-            .arg("--state-dir")
-            .arg(self.root.join("state"))
-            .arg("--plugin-binary")
-            .arg(common::shunt_bin())
-            .args(["--log-socket", "off", "--health-addr", "off"])
+        self.installer()
+            .args(["--once", "--log-socket", "off"])
             .args(extra)
             .stdin(Stdio::null())
             .output()

@@ -55,17 +55,6 @@ fn del(pair: &Pair) {
     );
 }
 
-fn lands(case: &str, conn: TcpStream, on: &Listener, orig: Option<SocketAddr>) -> TcpStream {
-    let accepted = on
-        .accept()
-        .unwrap_or_else(|| panic!("{case}: nothing arrived at {}", on.what));
-    if let Some(want) = orig {
-        assert_eq!(original_dst(&accepted), want, "{case}: SO_ORIGINAL_DST");
-    }
-    drop(conn);
-    accepted
-}
-
 fn family_of(addr: &SocketAddr) -> AddressFamily {
     if addr.is_ipv4() {
         AddressFamily::Inet

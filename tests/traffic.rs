@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
-
 use common::*;
 use serde_json::{json, Value};
 
@@ -31,20 +29,6 @@ const V6: Family = Family {
     loopback: "::1",
     host_prefix: 128,
 };
-
-fn lands(case: &str, conn: TcpStream, on: &Listener, orig: Option<(&str, u16)>) {
-    let accepted = on
-        .accept()
-        .unwrap_or_else(|| panic!("{case}: nothing arrived at {}", on.what));
-    if let Some((ip, port)) = orig {
-        assert_eq!(
-            original_dst(&accepted),
-            sock(ip, port),
-            "{case}: SO_ORIGINAL_DST"
-        );
-    }
-    drop(conn);
-}
 
 fn add(pair: &Pair, annotations: Value, extra: Value) {
     let c = conf(
@@ -85,7 +69,7 @@ fn matrix(f: &Family, backend: &str) {
     );
 
     let c = connect(&pod, APP_UID, APP_UID, sock(f.peer, 8080));
-    lands("app → peer", c, &proxy_out, Some((f.peer, 8080)));
+    lands("app → peer", c, &proxy_out, Some(sock(f.peer, 8080)));
 
     let c = connect(&pod, PROXY_UID, PROXY_UID, sock(f.peer, 8080));
     lands("proxy uid → peer", c, &peer_http, None);
@@ -110,11 +94,11 @@ fn matrix(f: &Family, backend: &str) {
         "proxy → own pod IP is inbound",
         c,
         &proxy_in,
-        Some((f.pod, 8080)),
+        Some(sock(f.pod, 8080)),
     );
 
     let c = connect(&peer, 0, 0, sock(f.pod, 8080));
-    lands("peer → pod", c, &proxy_in, Some((f.pod, 8080)));
+    lands("peer → pod", c, &proxy_in, Some(sock(f.pod, 8080)));
 
     let c = connect(&peer, 0, 0, sock(f.pod, 8022));
     lands("peer → excluded inbound port", c, &app_ssh, None);
@@ -172,13 +156,23 @@ fn include_lists_narrow_capture() {
     );
     for (peer_ip, other_ip) in [(PEER_V4, PEER2_V4), (PEER_V6, PEER2_V6)] {
         let c = connect(&pod, APP_UID, APP_UID, sock(peer_ip, 8080));
-        lands("app → included CIDR", c, &proxy_out, Some((peer_ip, 8080)));
+        lands(
+            "app → included CIDR",
+            c,
+            &proxy_out,
+            Some(sock(peer_ip, 8080)),
+        );
         let c = connect(&pod, APP_UID, APP_UID, sock(other_ip, 8080));
         lands("app → not included", c, &peer_http, None);
     }
     for pod_ip in [POD_V4, POD_V6] {
         let c = connect(&peer, 0, 0, sock(pod_ip, 8080));
-        lands("peer → included port", c, &proxy_in, Some((pod_ip, 8080)));
+        lands(
+            "peer → included port",
+            c,
+            &proxy_in,
+            Some(sock(pod_ip, 8080)),
+        );
         let c = connect(&peer, 0, 0, sock(pod_ip, 8081));
         lands("peer → port not included", c, &app, None);
     }
@@ -204,7 +198,7 @@ fn empty_inbound_list_captures_no_inbound() {
         "outbound still captured",
         c,
         &proxy_out,
-        Some((PEER_V4, 8080)),
+        Some(sock(PEER_V4, 8080)),
     );
 }
 
@@ -230,7 +224,7 @@ fn custom_ports_and_uid() {
         "uid 1337 is an app here",
         c,
         &proxy_out,
-        Some((PEER_V4, 8080)),
+        Some(sock(PEER_V4, 8080)),
     );
     let c = connect(&pod, 2102, 2102, sock(PEER_V4, 8080));
     lands("the configured proxy uid", c, &peer_http, None);

@@ -371,6 +371,19 @@ pub fn connect(ns: &Netns, uid: u32, gid: u32, to: SocketAddr) -> TcpStream {
     .unwrap_or_else(|e| panic!("connect to {to} as uid {uid} gid {gid}: {e}"))
 }
 
+/// Asserts that `conn` arrived at `on` (and, when given, with that SO_ORIGINAL_DST); returns the
+/// accepted side.
+pub fn lands(case: &str, conn: TcpStream, on: &Listener, orig: Option<SocketAddr>) -> TcpStream {
+    let accepted = on
+        .accept()
+        .unwrap_or_else(|| panic!("{case}: nothing arrived at {}", on.what));
+    if let Some(want) = orig {
+        assert_eq!(original_dst(&accepted), want, "{case}: SO_ORIGINAL_DST");
+    }
+    drop(conn);
+    accepted
+}
+
 /// The destination the connection had before REDIRECT rewrote it.
 pub fn original_dst(s: &TcpStream) -> SocketAddr {
     use nix::sys::socket::{getsockopt, sockopt};
